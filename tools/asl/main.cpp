@@ -1,0 +1,26 @@
+// The `asl` command line: dispatches to one handler per subcommand.
+#include <iostream>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "asl/version.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"asl — multi-label image classification with the Asymmetric Loss (C++ / LibTorch)"};
+  app.set_version_flag("--version", std::string("asl ") + asl::version());
+  app.require_subcommand(0, 1);
+  app.footer(
+      "Subcommands arrive with their issues; today the library provides the ASL losses\n"
+      "(see README.md). Run `asl <subcommand> --help` for a subcommand's flags.");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  if (app.get_subcommands().empty()) {
+    std::cout << app.help();
+    return 0;
+  }
+  return 0;
+}
