@@ -1,129 +1,61 @@
-// Fused multi-label ASL kernels. Each element is computed in the logits' dtype in the reference's
-// operation order (so float32 saturates exactly where the reference does); exp/log/pow are evaluated
-// in double through glibc's vector math library, then rounded to the logits' dtype.
+// Fused multi-label ASL: tensor checks, blocking and threading around the per-ISA element loops
+// of asl_loss_blocks.cpp.
 #include "asl_loss_kernel.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <vector>
 
-// SIMD variants of these exist in libmvec; the declarations let the vectoriser call them.
-extern "C" {
-double exp(double) noexcept __attribute__((simd("notinbranch")));
-double log(double) noexcept __attribute__((simd("notinbranch")));
-double pow(double, double) noexcept __attribute__((simd("notinbranch")));
-}
+#include "asl_loss_blocks.h"
 
 namespace asl::nn::cpu {
+
+const BlockKernels& block_kernels() {
+  static const BlockKernels chosen = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
+      return isa_avx512::kernels();
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return isa_avx2::kernels();
+    return isa_base::kernels();
+  }();
+  return chosen;
+}
+
 namespace {
 
-#define ASL_TARGET_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+constexpr int64_t kBlock = 1024;       // elements per deterministic partial sum
+constexpr int64_t kParallelGrain = 4;  // blocks: below 4k elements one thread is faster
 
-constexpr int64_t kBlock = 2048;           // elements per deterministic partial sum
-constexpr int64_t kParallelGrain = 8;      // blocks: below 16k elements one thread is faster
-
-template <typename T>
-struct Consts {
-  T clip, eps, gamma_pos, gamma_neg;
-  bool use_clip, ignore_unknown;
-};
-
-template <typename T>
-Consts<T> make_consts(const AslParams& p) {
-  return {static_cast<T>(p.clip), static_cast<T>(p.eps), static_cast<T>(p.gamma_pos),
-          static_cast<T>(p.gamma_neg), p.clip > 0, p.ignore_unknown};
+BlockParams block_params(const AslParams& p) {
+  BlockParams b;
+  b.clip = p.clip;
+  b.eps = p.eps;
+  b.gamma_pos = p.gamma_pos;
+  b.gamma_neg = p.gamma_neg;
+  b.use_clip = p.clip > 0;
+  b.ignore_unknown = p.ignore_unknown;
+  b.focal = p.gamma_neg > 0 || p.gamma_pos > 0;
+  b.detach = p.detach_weight;
+  return b;
 }
 
-// Everything both passes need about one element, in the reference's order of operations.
-template <typename T>
-struct Elem {
-  T p;        // sigmoid(x)
-  T qc;       // 1 - p, shifted by clip and clamped at 1
-  T dqc_dp;   // -1, or 0 where the clip clamp is active
-  T loss;     // y log(p) + (1 - y) log(qc), unweighted
-  T base;     // 1 - p_t
-  T gamma;    // gamma_pos y + gamma_neg (1 - y)
-};
-
-template <typename T>
-inline __attribute__((always_inline)) Elem<T> elem(T x, T y, const Consts<T>& c) {
-  Elem<T> e;
-  const T one = T(1);
-  const T ex = static_cast<T>(::exp(-static_cast<double>(x)));
-  e.p = one / (one + ex);
-  const T q = one - e.p;
-  const T shifted = q + c.clip;
-  e.qc = c.use_clip ? (shifted > one ? one : shifted) : q;
-  e.dqc_dp = (c.use_clip && !(shifted <= one)) ? T(0) : T(-1);
-  const T pc = e.p < c.eps ? c.eps : e.p;
-  const T qcc = e.qc < c.eps ? c.eps : e.qc;
-  const T lp = static_cast<T>(::log(static_cast<double>(pc)));
-  const T ln = static_cast<T>(::log(static_cast<double>(qcc)));
-  const T ny = one - y;
-  e.loss = y * lp + ny * ln;
-  const T pt = e.p * y + e.qc * ny;
-  e.base = one - pt;
-  e.gamma = c.gamma_pos * y + c.gamma_neg * ny;
-  return e;
+void forward_block(const float* x, const float* y, float* out, int64_t n, const BlockParams& p) {
+  block_kernels().forward_f32(x, y, out, n, p);
 }
-
-template <typename T, bool Focal>
-inline __attribute__((always_inline)) T elem_neg_loss(T x, T y, const Consts<T>& c) {
-  const Elem<T> e = elem(x, y, c);
-  T l = e.loss;
-  if (Focal) l = l * static_cast<T>(::pow(static_cast<double>(e.base), static_cast<double>(e.gamma)));
-  const bool skip = c.ignore_unknown && y == T(-1);
-  return skip ? T(0) : -l;
+void forward_block(const double* x, const double* y, double* out, int64_t n, const BlockParams& p) {
+  block_kernels().forward_f64(x, y, out, n, p);
 }
-
-// d(-loss_el)/dx, following the reference autograd graph (clamp passes the gradient where x >= min).
-template <typename T, bool Focal, bool Detach>
-inline __attribute__((always_inline)) T elem_neg_grad(T x, T y, const Consts<T>& c) {
-  const Elem<T> e = elem(x, y, c);
-  const T one = T(1);
-  const T ny = one - y;
-  const T dlp = e.p >= c.eps ? one / e.p : T(0);
-  const T dln = e.qc >= c.eps ? e.dqc_dp / e.qc : T(0);
-  T dl = y * dlp + ny * dln;  // d loss / d p
-  if (Focal) {
-    const double b = static_cast<double>(e.base), g = static_cast<double>(e.gamma);
-    const T w = static_cast<T>(::pow(b, g));
-    T total = dl * w;
-    if (!Detach) {
-      const T dw_dbase = e.gamma == T(0) ? T(0) : e.gamma * static_cast<T>(::pow(b, g - 1.0));
-      const T dbase_dp = -(y + ny * e.dqc_dp);
-      total = total + e.loss * (dw_dbase * dbase_dp);
-    }
-    dl = total;
-  }
-  const T g = -(dl * ((one - e.p) * e.p));
-  const bool skip = c.ignore_unknown && y == T(-1);
-  return skip ? T(0) : g;
+void backward_block(const float* x, const float* y, const float* g, float gs, float* out, int64_t n,
+                    const BlockParams& p) {
+  block_kernels().backward_f32(x, y, g, gs, out, n, p);
 }
-
-template <typename T, bool Focal>
-ASL_TARGET_CLONES double forward_sum_block(const T* x, const T* y, int64_t n, Consts<T> c) {
-  double acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) acc += static_cast<double>(elem_neg_loss<T, Focal>(x[i], y[i], c));
-  return acc;
-}
-
-template <typename T, bool Focal>
-ASL_TARGET_CLONES void forward_elem_block(const T* x, const T* y, T* out, int64_t n, Consts<T> c) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) out[i] = elem_neg_loss<T, Focal>(x[i], y[i], c);
-}
-
-template <typename T, bool Focal, bool Detach, bool PerElement>
-ASL_TARGET_CLONES void backward_block(const T* x, const T* y, const T* gout, T gscale, T* out, int64_t n,
-                                      Consts<T> c) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const T g = PerElement ? gout[i] : gscale;
-    out[i] = g * elem_neg_grad<T, Focal, Detach>(x[i], y[i], c);
-  }
+void backward_block(const double* x, const double* y, const double* g, double gs, double* out, int64_t n,
+                    const BlockParams& p) {
+  block_kernels().backward_f64(x, y, g, gs, out, n, p);
 }
 
 template <typename Fn>
@@ -145,10 +77,9 @@ int64_t count_known(const T* y, int64_t n) {
 }
 
 template <typename T>
-AslForward forward_impl(const torch::Tensor& logits, const torch::Tensor& targets, const AslParams& p,
+AslForward forward_impl(const torch::Tensor& logits, const torch::Tensor& targets, const AslParams& params,
                         bool per_element) {
-  const Consts<T> c = make_consts<T>(p);
-  const bool focal = p.gamma_neg > 0 || p.gamma_pos > 0;
+  const BlockParams p = block_params(params);
   const T* x = logits.data_ptr<T>();
   const T* y = targets.data_ptr<T>();
   const int64_t n = logits.numel();
@@ -156,38 +87,28 @@ AslForward forward_impl(const torch::Tensor& logits, const torch::Tensor& target
   if (per_element) {
     result.loss = torch::empty_like(logits);
     T* out = result.loss.data_ptr<T>();
-    for_blocks(n, [&](int64_t, int64_t s, int64_t len) {
-      if (focal) forward_elem_block<T, true>(x + s, y + s, out + s, len, c);
-      else forward_elem_block<T, false>(x + s, y + s, out + s, len, c);
-    });
+    for_blocks(n, [&](int64_t, int64_t s, int64_t len) { forward_block(x + s, y + s, out + s, len, p); });
     return result;
   }
   std::vector<double> partial(static_cast<size_t>((n + kBlock - 1) / kBlock), 0.0);
   for_blocks(n, [&](int64_t b, int64_t s, int64_t len) {
-    partial[static_cast<size_t>(b)] = focal ? forward_sum_block<T, true>(x + s, y + s, len, c)
-                                            : forward_sum_block<T, false>(x + s, y + s, len, c);
+    T buffer[kBlock];
+    forward_block(x + s, y + s, buffer, len, p);
+    double acc = 0;
+    for (int64_t i = 0; i < len; ++i) acc += static_cast<double>(buffer[i]);
+    partial[static_cast<size_t>(b)] = acc;
   });
   double total = 0;
   for (double v : partial) total += v;  // fixed order: the same result for any thread count
   result.loss = torch::full({}, total, logits.options());
-  result.count = p.ignore_unknown ? count_known(y, n) : n;
+  result.count = params.ignore_unknown ? count_known(y, n) : n;
   return result;
-}
-
-template <typename T, bool Focal, bool Detach>
-void backward_dispatch_grad(const T* x, const T* y, const T* gout, T gscale, T* out, int64_t n,
-                            const Consts<T>& c) {
-  for_blocks(n, [&](int64_t, int64_t s, int64_t len) {
-    if (gout != nullptr) backward_block<T, Focal, Detach, true>(x + s, y + s, gout + s, gscale, out + s, len, c);
-    else backward_block<T, Focal, Detach, false>(x + s, y + s, nullptr, gscale, out + s, len, c);
-  });
 }
 
 template <typename T>
 torch::Tensor backward_impl(const torch::Tensor& grad_out, const torch::Tensor& logits,
-                            const torch::Tensor& targets, const AslParams& p, double scale) {
-  const Consts<T> c = make_consts<T>(p);
-  const bool focal = p.gamma_neg > 0 || p.gamma_pos > 0;
+                            const torch::Tensor& targets, const AslParams& params, double scale) {
+  const BlockParams p = block_params(params);
   torch::Tensor grad = torch::empty_like(logits);
   const int64_t n = logits.numel();
   const T* x = logits.data_ptr<T>();
@@ -202,9 +123,9 @@ torch::Tensor backward_impl(const torch::Tensor& grad_out, const torch::Tensor& 
     g_contig = grad_out.to(logits.scalar_type()).contiguous();
     gout = g_contig.data_ptr<T>();
   }
-  if (!focal) backward_dispatch_grad<T, false, false>(x, y, gout, gscale, out, n, c);
-  else if (p.detach_weight) backward_dispatch_grad<T, true, true>(x, y, gout, gscale, out, n, c);
-  else backward_dispatch_grad<T, true, false>(x, y, gout, gscale, out, n, c);
+  for_blocks(n, [&](int64_t, int64_t s, int64_t len) {
+    backward_block(x + s, y + s, gout != nullptr ? gout + s : nullptr, gscale, out + s, len, p);
+  });
   return grad;
 }
 

@@ -1,0 +1,70 @@
+#!/usr/bin/python3
+"""Runs asl's Google Benchmark programs and the Python baselines of ../shared/bench in one invocation
+and prints one row per measurement with the speed-up over the baseline.
+
+Usage: /usr/bin/python3 bench/run_benchmarks.py [--build build] [--min-time 0.5] [--baseline-dir DIR]
+Standard library only; the baselines need Debian's python3-torch / python3-numpy (/usr/bin/python3).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_json(cmd):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def google_benchmark(binary, min_time, extra=()):
+    data = run_json([binary, "--benchmark_format=json", f"--benchmark_min_time={min_time}", *extra])
+    times = {}
+    for b in data["benchmarks"]:
+        scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b["time_unit"]]
+        times[b["name"].replace("/real_time", "")] = b["real_time"] * scale
+    return data.get("context", {}), times
+
+
+def fmt_time(seconds):
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:9.1f} us"
+    return f"{seconds * 1e3:9.2f} ms"
+
+
+def loss_rows(build, baseline_dir, min_time):
+    binary = os.path.join(build, "bench", "loss_bench")
+    if not os.path.exists(binary):
+        return []
+    _, ours = google_benchmark(binary, min_time)
+    rows = []
+    for c in (80, 9605):
+        shape = f"128x{c}"
+        base = run_json(["/usr/bin/python3", os.path.join(baseline_dir, "ref_loss.py"), "--n", "128", "--c", str(c),
+                         "--reps", "50" if c == 80 else "10", "--threads", "2"])
+        for what, key_py, key_ours in (("forward", "fwd_s", "fwd"), ("forward+backward", "fwd_bwd_s", "fwd_bwd")):
+            py = base[key_py]
+            for impl in ("composite", "fused"):
+                t = ours[f"{impl}_{key_ours}/128/{c}"]
+                label = "AsymmetricLoss" if impl == "composite" else "AsymmetricLossOptimized"
+                rows.append(f"loss {what:17s} {shape:9s} {label:24s} {fmt_time(t)}  python {fmt_time(py)}  {py / t:.1f}x")
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--min-time", type=float, default=0.5)
+    ap.add_argument("--baseline-dir", default=os.path.join(HERE, "..", "..", "shared", "bench"))
+    a = ap.parse_args()
+    if not os.path.isdir(a.baseline_dir):
+        sys.exit(f"baseline folder not found: {a.baseline_dir}")
+    print("asl benchmarks (2 threads; ratio = Python baseline time / asl time, higher is better)")
+    for row in loss_rows(a.build, a.baseline_dir, a.min_time):
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+// Per-ISA element loops of the fused ASL. Built three times (ASL_ISA = isa_avx512, isa_avx2, isa_base)
+// with matching -march flags. Each element is computed in the logits' dtype in the reference's order
+// of operations, so float32 saturates exactly where the reference does; exp/log/pow calls become
+// glibc vector-math (libmvec) calls, accurate to 4 ulp.
+#include "asl_loss_blocks.h"
+
+#ifndef ASL_ISA
+#error "ASL_ISA must name the instruction-set namespace"
+#endif
+
+extern "C" {
+double exp(double) noexcept __attribute__((simd("notinbranch")));
+double log(double) noexcept __attribute__((simd("notinbranch")));
+double pow(double, double) noexcept __attribute__((simd("notinbranch")));
+float expf(float) noexcept __attribute__((simd("notinbranch")));
+float logf(float) noexcept __attribute__((simd("notinbranch")));
+float powf(float, float) noexcept __attribute__((simd("notinbranch")));
+}
+
+namespace asl::nn::cpu::ASL_ISA {
+namespace {
+
+#define ASL_INLINE inline __attribute__((always_inline))
+
+ASL_INLINE float vexp(float v) { return ::expf(v); }
+ASL_INLINE double vexp(double v) { return ::exp(v); }
+ASL_INLINE float vlog(float v) { return ::logf(v); }
+ASL_INLINE double vlog(double v) { return ::log(v); }
+ASL_INLINE float vpow_raw(float b, float e) { return ::powf(b, e); }
+ASL_INLINE double vpow_raw(double b, double e) { return ::pow(b, e); }
+
+// pow for the focusing weight's base 1 - p_t, which is >= 0 up to rounding. A zero base (every
+// negative with sigmoid(x) <= clip) would send the whole vector down libmvec's scalar special-case
+// path, so it is handled here: 0^g = 0, 1 or inf; a rounding residue below 0 counts as 0.
+template <typename T>
+ASL_INLINE T vpow(T b, T e) {
+  const T r = vpow_raw(b > T(0) ? b : T(1), e);
+  const T at_zero = e > T(0) ? T(0) : (e == T(0) ? T(1) : T(__builtin_inf()));
+  return b > T(0) ? r : at_zero;
+}
+
+// No bool in here: a byte-sized value in the loop stops GCC from vectorising it. A disabled clip is
+// a clip of 0, which gives the same values and gradients (1 - p never exceeds 1).
+template <typename T>
+struct Consts {
+  T clip, eps, gamma_pos, gamma_neg;
+  // Hard path: binary digits (0 or 1) of the integer exponents gamma+, gamma-, gamma+ - 1, gamma- - 1.
+  T pos_bits[4], neg_bits[4], pos1_bits[4], neg1_bits[4];
+};
+
+constexpr int kMaxIntGamma = 15;
+
+bool small_int(double g) { return g >= 0 && g <= kMaxIntGamma && g == static_cast<double>(static_cast<int>(g)); }
+
+template <typename T>
+void set_bits(T (&bits)[4], int e) {
+  for (int k = 0; k < 4; ++k) bits[k] = e >= 0 && ((e >> k) & 1) ? T(1) : T(0);
+}
+
+template <typename T>
+Consts<T> consts(const BlockParams& p) {
+  Consts<T> c{};
+  c.clip = static_cast<T>(p.use_clip ? p.clip : 0.0);
+  c.eps = static_cast<T>(p.eps);
+  c.gamma_pos = static_cast<T>(p.gamma_pos);
+  c.gamma_neg = static_cast<T>(p.gamma_neg);
+  if (small_int(p.gamma_pos) && small_int(p.gamma_neg)) {
+    set_bits(c.pos_bits, static_cast<int>(p.gamma_pos));
+    set_bits(c.neg_bits, static_cast<int>(p.gamma_neg));
+    set_bits(c.pos1_bits, static_cast<int>(p.gamma_pos) - 1);
+    set_bits(c.neg1_bits, static_cast<int>(p.gamma_neg) - 1);
+  }
+  return c;
+}
+
+// b^e for an integer 0 <= e <= 15 given by its binary digits: at most 4 roundings, no libm call.
+template <typename T>
+ASL_INLINE T ipow(T b, const T (&bits)[4]) {
+  const T b2 = b * b, b4 = b2 * b2, b8 = b4 * b4;
+  T r = bits[0] != T(0) ? b : T(1);
+  r = bits[1] != T(0) ? r * b2 : r;
+  r = bits[2] != T(0) ? r * b4 : r;
+  return bits[3] != T(0) ? r * b8 : r;
+}
+
+// Hard is the fast path, taken for a block whose targets are all 0, 1 (or -1) and whose gammas are
+// small integers: y log p + (1 - y) log qc is then exactly the log of the selected probability, and
+// the focusing weight is an integer power.
+template <typename T, bool Hard>
+ASL_INLINE T weight(T base, T gamma, T y, const Consts<T>& c) {
+  if (!Hard) return vpow(base, gamma);
+  return y == T(1) ? ipow(base, c.pos_bits) : ipow(base, c.neg_bits);
+}
+
+// d weight / d base (0 where gamma is 0, as autograd's pow backward).
+template <typename T, bool Hard>
+ASL_INLINE T weight_slope(T base, T gamma, T y, const Consts<T>& c) {
+  const T one = T(1);
+  const T pw = Hard ? (y == one ? ipow(base, c.pos1_bits) : ipow(base, c.neg1_bits)) : vpow(base, gamma - one);
+  return gamma == T(0) ? T(0) : gamma * pw;
+}
+
+// What both passes need about one element (scalar out-parameters, so the loops stay vectorisable):
+//   p = sigmoid(x); qc = 1 - p shifted by clip and clamped at 1; dqc_dp = -1, or 0 where the clamp is
+//   active; loss = y log(p) + (1 - y) log(qc), unweighted; base = 1 - p_t; gamma = g+ y + g- (1 - y).
+template <typename T, bool Hard>
+ASL_INLINE void elem(T x, T y, const Consts<T>& c, T& p, T& qc, T& dqc_dp, T& loss, T& base, T& gamma) {
+  const T one = T(1);
+  p = one / (one + vexp(-x));
+  const T q = one - p;
+  const T shifted = q + c.clip;
+  qc = shifted > one ? one : shifted;
+  dqc_dp = shifted <= one ? T(-1) : T(0);
+  const T pc = p < c.eps ? c.eps : p;
+  const T qcc = qc < c.eps ? c.eps : qc;
+  const T ny = one - y;
+  if (Hard) {
+    loss = vlog(y == one ? pc : qcc);
+  } else {
+    loss = y * vlog(pc) + ny * vlog(qcc);
+  }
+  base = one - (p * y + qc * ny);
+  gamma = c.gamma_pos * y + c.gamma_neg * ny;
+}
+
+template <typename T, bool Focal, bool Hard>
+ASL_INLINE T neg_loss(T x, T y, const Consts<T>& c) {
+  T p, qc, dqc_dp, loss, base, gamma;
+  elem<T, Hard>(x, y, c, p, qc, dqc_dp, loss, base, gamma);
+  if (Focal) loss = loss * weight<T, Hard>(base, gamma, y, c);
+  return -loss;
+}
+
+// d(-loss)/dx along the reference's autograd graph (a clamp passes the gradient where x >= min).
+template <typename T, bool Focal, bool Detach, bool Hard>
+ASL_INLINE T neg_grad(T x, T y, const Consts<T>& c) {
+  T p, qc, dqc_dp, loss, base, gamma;
+  elem<T, Hard>(x, y, c, p, qc, dqc_dp, loss, base, gamma);
+  const T one = T(1);
+  const T ny = one - y;
+  const T dlp = p >= c.eps ? one / p : T(0);
+  const T dln = qc >= c.eps ? dqc_dp / qc : T(0);
+  T dl = y * dlp + ny * dln;  // d loss / d p
+  if (Focal) {
+    T total = dl * weight<T, Hard>(base, gamma, y, c);
+    if (!Detach) total = total + loss * (weight_slope<T, Hard>(base, gamma, y, c) * -(y + ny * dqc_dp));
+    dl = total;
+  }
+  return -(dl * ((one - p) * p));
+}
+
+template <typename T, bool Focal, bool Hard>
+void forward_loop(const T* __restrict x, const T* __restrict y, T* __restrict out, int64_t n, const Consts<T> c) {
+  for (int64_t i = 0; i < n; ++i) out[i] = neg_loss<T, Focal, Hard>(x[i], y[i], c);
+}
+
+template <typename T, bool Focal, bool Detach, bool Hard, bool PerElement>
+void backward_loop(const T* __restrict x, const T* __restrict y, const T* __restrict gout, T gscale,
+                   T* __restrict out, int64_t n, const Consts<T> c) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T g = PerElement ? gout[i] : gscale;
+    out[i] = g * neg_grad<T, Focal, Detach, Hard>(x[i], y[i], c);
+  }
+}
+
+// Unknown labels (target -1) contribute nothing; a separate pass keeps the main loops branch-free,
+// and it runs after the product with the incoming gradient, so the result is 0 even when that is inf.
+template <typename T>
+void zero_unknown(const T* __restrict y, T* __restrict out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = y[i] == T(-1) ? T(0) : out[i];
+}
+
+template <typename T>
+bool hard_block(const T* __restrict y, int64_t n, const BlockParams& p) {
+  if (!small_int(p.gamma_pos) || !small_int(p.gamma_neg)) return false;
+  int64_t soft = 0;
+  for (int64_t i = 0; i < n; ++i) soft += (y[i] != T(0)) & (y[i] != T(1)) & (y[i] != T(-1));
+  return soft == 0;
+}
+
+template <typename T>
+void forward(const T* x, const T* y, T* out, int64_t n, const BlockParams& p) {
+  const Consts<T> c = consts<T>(p);
+  const bool hard = hard_block(y, n, p);
+  if (!p.focal) forward_loop<T, false, false>(x, y, out, n, c);
+  else if (hard) forward_loop<T, true, true>(x, y, out, n, c);
+  else forward_loop<T, true, false>(x, y, out, n, c);
+  if (p.ignore_unknown) zero_unknown(y, out, n);
+}
+
+template <typename T, bool PerElement>
+void backward_modes(const T* x, const T* y, const T* gout, T gscale, T* out, int64_t n, const BlockParams& p) {
+  const Consts<T> c = consts<T>(p);
+  const bool hard = hard_block(y, n, p);
+  if (!p.focal) backward_loop<T, false, false, false, PerElement>(x, y, gout, gscale, out, n, c);
+  else if (p.detach && hard) backward_loop<T, true, true, true, PerElement>(x, y, gout, gscale, out, n, c);
+  else if (p.detach) backward_loop<T, true, true, false, PerElement>(x, y, gout, gscale, out, n, c);
+  else if (hard) backward_loop<T, true, false, true, PerElement>(x, y, gout, gscale, out, n, c);
+  else backward_loop<T, true, false, false, PerElement>(x, y, gout, gscale, out, n, c);
+}
+
+template <typename T>
+void backward(const T* x, const T* y, const T* gout, T gscale, T* out, int64_t n, const BlockParams& p) {
+  if (gout != nullptr) backward_modes<T, true>(x, y, gout, gscale, out, n, p);
+  else backward_modes<T, false>(x, y, nullptr, gscale, out, n, p);
+  if (p.ignore_unknown) zero_unknown(y, out, n);
+}
+
+#define ASL_STR2(s) #s
+#define ASL_STR(s) ASL_STR2(s)
+
+}  // namespace
+
+BlockKernels kernels() {
+  return {ASL_STR(ASL_ISA), &forward<float>, &forward<double>, &backward<float>, &backward<double>};
+}
+
+}  // namespace asl::nn::cpu::ASL_ISA
