@@ -138,9 +138,18 @@ ASL_INLINE T neg_grad(T x, T y, const Consts<T>& c) {
   elem<T, Hard>(x, y, c, p, qc, dqc_dp, loss, base, gamma);
   const T one = T(1);
   const T ny = one - y;
-  const T dlp = p >= c.eps ? one / p : T(0);
-  const T dln = qc >= c.eps ? dqc_dp / qc : T(0);
-  T dl = y * dlp + ny * dln;  // d loss / d p
+  T dl;  // d loss / d p
+  if (Hard) {
+    // One division: only the selected log term has a non-zero derivative.
+    const bool pos = y == one;
+    const T num = pos ? (p >= c.eps ? one : T(0)) : (qc >= c.eps ? dqc_dp : T(0));
+    const T den = pos ? p : qc;
+    dl = num / (den < c.eps ? c.eps : den);  // clamped: a zero numerator stays 0, never 0/0
+  } else {
+    const T dlp = p >= c.eps ? one / p : T(0);
+    const T dln = qc >= c.eps ? dqc_dp / qc : T(0);
+    dl = y * dlp + ny * dln;
+  }
   if (Focal) {
     T total = dl * weight<T, Hard>(base, gamma, y, c);
     if (!Detach) total = total + loss * (weight_slope<T, Hard>(base, gamma, y, c) * -(y + ny * dqc_dp));
