@@ -53,6 +53,18 @@ def loss_rows(build, baseline_dir, min_time):
     return rows
 
 
+def metrics_rows(build, baseline_dir, min_time):
+    binary = os.path.join(build, "bench", "metrics_bench")
+    if not os.path.exists(binary):
+        return []
+    _, ours = google_benchmark(binary, min_time)
+    base = run_json(["/usr/bin/python3", os.path.join(baseline_dir, "ref_map.py"), "--n", "40137", "--c", "80",
+                     "--reps", "3"])
+    t = ours["mean_ap/40137/80"]
+    py = base["map_s"]
+    return [f"mAP              40137x80  mean_average_precision   {fmt_time(t)}  python {fmt_time(py)}  {py / t:.1f}x"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
@@ -62,8 +74,9 @@ def main():
     if not os.path.isdir(a.baseline_dir):
         sys.exit(f"baseline folder not found: {a.baseline_dir}")
     print("asl benchmarks (2 threads; ratio = Python baseline time / asl time, higher is better)")
-    for row in loss_rows(a.build, a.baseline_dir, a.min_time):
-        print(row, flush=True)
+    for rows in (loss_rows, metrics_rows):
+        for row in rows(a.build, a.baseline_dir, a.min_time):
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,17 @@ struct Entry {
   uint32_t positive;
 };
 
-uint32_t descending_key(float v) {
+// Ascending key with the order of NumPy's float comparison: -0 equals +0, every NaN sorts last.
+uint32_t ascending_key(float v) {
+  if (v != v) return 0xffffffffu;
+  if (v == 0.0f) v = 0.0f;
   uint32_t bits;
   std::memcpy(&bits, &v, sizeof bits);
-  bits = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);  // ascending unsigned order of the floats
-  return ~bits;
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
+
+// Ascending key order = descending score order.
+uint32_t descending_key(float v) { return ~ascending_key(v); }
 
 // Stable LSD radix sort on the 32-bit keys (4 passes of 8 bits): ties keep their input order.
 void radix_sort(std::vector<Entry>& a, std::vector<Entry>& tmp) {
@@ -51,16 +56,15 @@ bool has_mixed_ties(const std::vector<Entry>& sorted) {
   return false;
 }
 
-bool less_nan_last(float a, float b) { return a < b || (b != b && a == a); }
 
-// A score with the row it came from. Sorting these pairs with the comparisons and swaps of NumPy's
-// argsort leaves the rows in exactly NumPy's order, without its indirect loads.
+// A score (as its ascending key) with the row it came from. Sorting these pairs with the comparisons
+// and swaps of NumPy's argsort leaves the rows in exactly NumPy's order, without indirect loads.
 struct Ranked {
-  float score;
+  uint32_t key;
   int32_t row;
 };
 
-bool lt(const Ranked& a, const Ranked& b) { return less_nan_last(a.score, b.score); }
+bool lt(const Ranked& a, const Ranked& b) { return a.key < b.key; }
 
 void numpy_heapsort(Ranked* a, int64_t n) {
   Ranked* h = a - 1;  // 1-based
@@ -199,11 +203,13 @@ torch::Tensor average_precision(const torch::Tensor& scores_in, const torch::Ten
       if (has_mixed_ties(entries)) {
         // Rank exactly as the reference does (NumPy's argsort, reversed).
         ranked.resize(static_cast<size_t>(n));
-        for (int64_t i = 0; i < n; ++i) ranked[static_cast<size_t>(i)] = {s[i * c + k], static_cast<int32_t>(i)};
+        for (int64_t i = 0; i < n; ++i) {
+          ranked[static_cast<size_t>(i)] = {ascending_key(s[i * c + k]), static_cast<int32_t>(i)};
+        }
         numpy_order_sort(ranked);
         for (int64_t i = 0; i < n; ++i) {
           const Ranked& r = ranked[static_cast<size_t>(n - 1 - i)];
-          entries[static_cast<size_t>(i)] = {descending_key(r.score), t[r.row * c + k]};
+          entries[static_cast<size_t>(i)] = {~r.key, t[r.row * c + k]};
         }
       }
       out[k] = ap_reference(entries);
