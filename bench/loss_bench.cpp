@@ -56,12 +56,3 @@ BENCHMARK(BM_ForwardBackward<false>)->Name("composite_fwd_bwd")->Apply(shapes);
 BENCHMARK(BM_ForwardBackward<true>)->Name("fused_fwd_bwd")->Apply(shapes);
 
 }  // namespace
-
-int main(int argc, char** argv) {
-  torch::set_num_threads(2);  // the baseline runs with 2 threads too
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}

@@ -17,12 +17,3 @@ void BM_MeanAP(benchmark::State& state) {
 BENCHMARK(BM_MeanAP)->Name("mean_ap")->Args({40137, 80})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
-
-int main(int argc, char** argv) {
-  torch::set_num_threads(2);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}

@@ -9,6 +9,7 @@ PACKAGES=(
   libcli11-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-torch python3-numpy
+  zlib1g-dev
   dataset-fashion-mnist
 )
 

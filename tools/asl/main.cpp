@@ -5,11 +5,17 @@
 #include <CLI/CLI.hpp>
 
 #include "asl/version.h"
+#include "commands.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"asl — multi-label image classification with the Asymmetric Loss (C++ / LibTorch)"};
   app.set_version_flag("--version", std::string("asl ") + asl::version());
   app.require_subcommand(0, 1);
+  asl::cli::Runner run;
+  asl::cli::register_ckpt(app, run);
+  asl::cli::register_validate(app, run);
+  asl::cli::register_infer(app, run);
+  asl::cli::register_data(app, run);
   app.footer(
       "Subcommands arrive with their issues; today the library provides the ASL losses\n"
       "(see README.md). Run `asl <subcommand> --help` for a subcommand's flags.");
@@ -22,5 +28,11 @@ int main(int argc, char** argv) {
     std::cout << app.help();
     return 0;
   }
-  return 0;
+  if (!run) return 0;
+  try {
+    return run();
+  } catch (const std::exception& e) {
+    std::cerr << "asl: error: " << e.what() << "\n";
+    return 1;
+  }
 }

@@ -1,0 +1,13 @@
+// Shared main of the Google Benchmark programs: 2 compute threads, as the Python baselines use.
+#include <benchmark/benchmark.h>
+
+#include <ATen/Parallel.h>
+
+int main(int argc, char** argv) {
+  at::set_num_threads(2);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,128 @@
+// TResNet-M at 224x224: eval (unfused NCHW fp32, fused channels-last fp32, fused bf16) and one training step.
+#include <benchmark/benchmark.h>
+
+#include <ATen/autocast_mode.h>
+#include <torch/torch.h>
+
+#include "asl/models/fuse.h"
+#include "asl/models/registry.h"
+#include "asl/models/tresnet.h"
+#include "asl/nn/loss.h"
+
+namespace {
+
+constexpr int64_t kSize = 224;
+constexpr int64_t kClasses = 80;
+
+asl::models::TResNetOptions model_options() { return asl::models::model_options("tresnet_m", kClasses); }
+
+// Randomised norm statistics so that nothing degenerates to zeros (fresh models have zero last norms).
+asl::models::TResNet make_model() {
+  torch::manual_seed(0);
+  asl::models::TResNet model(model_options());
+  torch::NoGradGuard no_grad;
+  for (const auto& m : model->modules(false)) {
+    if (auto* norm = m->as<asl::nn::ActivatedBatchNorm>()) {
+      norm->weight.uniform_(0.2, 1.0);
+      norm->running_var.uniform_(0.5, 2.0);
+    }
+  }
+  return model;
+}
+
+void set_counters(benchmark::State& state, int64_t batch) {
+  // Effective rate: 2 FLOPs per multiply-add of the model, whatever the kernels actually execute.
+  const double flops = 2.0 * static_cast<double>(asl::models::count_multiply_adds(model_options(), kSize, kSize));
+  state.counters["images/s"] =
+      benchmark::Counter(static_cast<double>(batch * state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(flops * batch * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+}
+
+void BM_EvalUnfused(benchmark::State& state) {
+  const int64_t batch = state.range(0);
+  auto model = make_model();
+  model->eval();
+  const auto x = torch::randn({batch, 3, kSize, kSize});
+  c10::InferenceMode guard;
+  model->forward(x);  // warm-up: oneDNN builds its primitives on the first call
+  for (auto _ : state) {
+    auto y = model->forward(x);
+    benchmark::DoNotOptimize(y.data_ptr());
+  }
+  set_counters(state, batch);
+}
+
+template <bool BFloat16>
+void BM_EvalFused(benchmark::State& state) {
+  const int64_t batch = state.range(0);
+  auto model = make_model();
+  model->eval();
+  auto fused = asl::models::fuse_for_inference(
+      model, asl::models::FuseOptions().dtype(BFloat16 ? torch::kBFloat16 : torch::kFloat32));
+  const auto x = torch::randn({batch, 3, kSize, kSize});
+  fused->forward(x);  // warm-up
+  for (auto _ : state) {
+    auto y = fused->forward(x);
+    benchmark::DoNotOptimize(y.data_ptr());
+  }
+  set_counters(state, batch);
+}
+
+// forward, ASL (the paper's COCO recipe), backward, Adam; bf16 runs forward and loss under CPU autocast.
+template <bool BFloat16>
+void BM_TrainStep(benchmark::State& state) {
+  const int64_t batch = state.range(0);
+  auto model = make_model();
+  model->train();
+  torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-4));
+  const auto x = torch::randn({batch, 3, kSize, kSize});
+  const auto targets = (torch::rand({batch, kClasses}) < 0.05).to(torch::kFloat32);
+  const auto loss_options = asl::nn::AsymmetricLossOptions().gamma_neg(4).gamma_pos(0).clip(0.05);
+  auto step = [&] {
+    optimizer.zero_grad();
+    torch::Tensor loss;
+    if (BFloat16) {
+      at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+      at::autocast::set_cpu_enabled(true);
+      const auto logits = model->forward(x);
+      at::autocast::set_cpu_enabled(false);
+      at::autocast::clear_cache();
+      loss = asl::nn::functional::asymmetric_loss_optimized(logits.to(torch::kFloat32), targets, loss_options);
+    } else {
+      loss = asl::nn::functional::asymmetric_loss_optimized(model->forward(x), targets, loss_options);
+    }
+    loss.backward();
+    optimizer.step();
+    return loss;
+  };
+  step();  // warm-up: primitives and Adam's moment buffers
+  for (auto _ : state) {
+    auto loss = step();
+    benchmark::DoNotOptimize(loss.data_ptr());
+  }
+  // A training step costs about 3 forward passes; the rate below still counts one forward's FLOPs per image.
+  set_counters(state, batch);
+}
+
+void eval_batches(benchmark::internal::Benchmark* b) {
+  b->ArgName("batch")->Arg(1)->Arg(16)->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+BENCHMARK(BM_EvalUnfused)->Name("tresnet_m_eval_unfused_nchw_fp32")->Apply(eval_batches);
+BENCHMARK(BM_EvalFused<false>)->Name("tresnet_m_eval_fused_cl_fp32")->Apply(eval_batches);
+BENCHMARK(BM_EvalFused<true>)->Name("tresnet_m_eval_fused_cl_bf16")->Apply(eval_batches);
+BENCHMARK(BM_TrainStep<false>)
+    ->Name("tresnet_m_train_step_fp32")
+    ->ArgName("batch")
+    ->Arg(16)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_TrainStep<true>)
+    ->Name("tresnet_m_train_step_bf16_autocast")
+    ->ArgName("batch")
+    ->Arg(16)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+}  // namespace

@@ -1,0 +1,43 @@
+// Inference-only TResNet: norms folded into conv biases, channels-last, optional bfloat16, under InferenceMode.
+#pragma once
+
+#include <ostream>
+
+#include <torch/arg.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include "asl/models/tresnet.h"
+
+namespace asl::models {
+
+/// Options of fuse_for_inference.
+struct FuseOptions {
+  /// Compute dtype: kFloat32 or kBFloat16. Inputs are converted to it; logits come back as float32.
+  TORCH_ARG(torch::Dtype, dtype) = torch::kFloat32;
+  /// Run the convs in channels-last layout (oneDNN's fast path on CPU).
+  TORCH_ARG(bool, channels_last) = true;
+};
+
+/// A fused TResNet (child "model", built with TResNetOptions::fused) plus the dtype/layout conversion.
+/// forward runs under torch::InferenceMode, so its outputs cannot take part in autograd.
+class FusedTResNetImpl : public torch::nn::Cloneable<FusedTResNetImpl> {
+ public:
+  FusedTResNetImpl(TResNetOptions model_options, FuseOptions options = {});
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  /// N x in_chans x H x W, any floating dtype and layout -> N x num_classes float32 logits.
+  torch::Tensor forward(const torch::Tensor& input);
+  TResNetOptions model_options;
+  FuseOptions options;
+  TResNet model{nullptr};
+};
+TORCH_MODULE(FusedTResNet);
+
+/// Folds every norm of `model` into its conv (scale (|w| + eps) / sqrt(running_var + eps), bias
+/// b - running_mean * scale; the activation stays), then converts to the dtype and layout of `options`.
+/// `model` is left unchanged; it must be an unfused TResNet on the CPU or any device.
+FusedTResNet fuse_for_inference(const TResNet& model, const FuseOptions& options = {});
+
+}  // namespace asl::models

@@ -1,0 +1,47 @@
+// A ready-to-run classifier from a checkpoint file: architecture, weights, class names, optional fusion.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+#include "asl/models/fuse.h"
+#include "asl/models/tresnet.h"
+
+namespace asl::models {
+
+/// Options of load_classifier.
+struct ClassifierOptions {
+  /// A registered name (tresnet_m, ...) or "auto": the architecture is read from the checkpoint.
+  std::string model_name = "auto";
+  /// Fold the norms into the convs and run channels-last (inference only).
+  bool fuse = true;
+  /// Run the fused model in bfloat16 (ignored without fuse).
+  bool bf16 = false;
+};
+
+/// A model in eval mode with what the checkpoint says about its classes.
+struct Classifier {
+  /// The architecture's registered name, or "custom" for an unregistered layout.
+  std::string model_name;
+  /// The options the model was built with.
+  TResNetOptions options;
+  /// The unfused model with the checkpoint's weights (eval mode).
+  TResNet model{nullptr};
+  /// Its fused form when ClassifierOptions::fuse, else empty.
+  FusedTResNet fused{nullptr};
+  /// Class names by index: the checkpoint's idx_to_class, "class_<i>" where it has none.
+  std::vector<std::string> class_names;
+  int64_t num_classes() const { return options.num_classes(); }
+  /// N x 3 x S x S float -> N x C float32 logits, without autograd.
+  torch::Tensor logits(const torch::Tensor& images);
+};
+
+/// Reads a checkpoint (zip or legacy .pth, published layout or a bare state dict), builds the model
+/// (detected, or `model_name` checked against the weights), loads the weights strictly and switches
+/// to eval mode. Throws std::runtime_error naming the file and the cause.
+Classifier load_classifier(const std::string& checkpoint_path, const ClassifierOptions& options = {});
+
+}  // namespace asl::models

@@ -1,0 +1,176 @@
+// TResNet building blocks: SpaceToDepth, BlurPool (anti-alias downsample), SqueezeExcite, ActivatedBatchNorm, ConvNormAct.
+#pragma once
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <utility>
+
+#include <torch/arg.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+namespace asl::nn {
+
+/// The activation fused into an ActivatedBatchNorm (the reference's InPlaceABN choices).
+enum class Activation { Identity, LeakyReLU, ELU };
+
+/// Parses "identity", "leaky_relu" or "elu"; throws std::invalid_argument naming the value otherwise.
+Activation parse_activation(const std::string& name);
+const char* to_string(Activation activation);
+
+/// Options of SpaceToDepth.
+struct SpaceToDepthOptions {
+  /// Side of the square block moved into channels; H and W must be multiples of it.
+  TORCH_ARG(int64_t, block_size) = 4;
+};
+
+/// Options of BlurPool, the anti-aliased stride-2 downsample (3x3 binomial filter, reflect padding).
+struct BlurPoolOptions {
+  BlurPoolOptions(int64_t channels) : channels_(channels) {}
+  /// Input (= output) channels; the filter is depthwise.
+  TORCH_ARG(int64_t, channels);
+  /// Downsampling factor.
+  TORCH_ARG(int64_t, stride) = 2;
+};
+
+/// Options of SqueezeExcite.
+struct SqueezeExciteOptions {
+  SqueezeExciteOptions(int64_t channels, int64_t reduction_channels)
+      : channels_(channels), reduction_channels_(reduction_channels) {}
+  /// Channels of the input and of the gate.
+  TORCH_ARG(int64_t, channels);
+  /// Width of the bottleneck between fc1 and fc2.
+  TORCH_ARG(int64_t, reduction_channels);
+};
+
+/// Options of ActivatedBatchNorm (in-place activated batch norm, InPlaceABN).
+struct ActivatedBatchNormOptions {
+  ActivatedBatchNormOptions(int64_t num_features) : num_features_(num_features) {}
+  /// Channels C of the N x C x ... input.
+  TORCH_ARG(int64_t, num_features);
+  /// Added to the variance and to |weight|.
+  TORCH_ARG(double, eps) = 1e-5;
+  /// Running-statistics update rate.
+  TORCH_ARG(double, momentum) = 0.1;
+  /// Activation applied after the affine transform.
+  TORCH_ARG(Activation, activation) = Activation::LeakyReLU;
+  /// Negative slope of leaky ReLU, or alpha of ELU.
+  TORCH_ARG(double, activation_param) = 0.01;
+};
+
+/// Options of ConvNormAct: the reference's conv2d_ABN, Sequential(Conv2d without bias, InPlaceABN).
+struct ConvNormActOptions {
+  ConvNormActOptions(int64_t in_channels, int64_t out_channels, int64_t kernel_size)
+      : in_channels_(in_channels), out_channels_(out_channels), kernel_size_(kernel_size) {}
+  TORCH_ARG(int64_t, in_channels);
+  TORCH_ARG(int64_t, out_channels);
+  /// Square kernel; padding is kernel_size / 2.
+  TORCH_ARG(int64_t, kernel_size);
+  TORCH_ARG(int64_t, stride) = 1;
+  TORCH_ARG(int64_t, groups) = 1;
+  TORCH_ARG(Activation, activation) = Activation::LeakyReLU;
+  /// Negative slope of leaky ReLU, or alpha of ELU.
+  TORCH_ARG(double, activation_param) = 0.01;
+  /// Inference form: the norm is folded into a conv bias and only the activation remains (child "1" is absent).
+  TORCH_ARG(bool, fused) = false;
+};
+
+namespace functional {
+
+/// (N, C, H, W) -> (N, C*b*b, H/b, W/b), channel index (row-in-block * b + col-in-block) * C + c, as the
+/// reference's SpaceToDepthModule. A channels-last input gives a channels-last output.
+torch::Tensor space_to_depth(const torch::Tensor& input, int64_t block_size = 4);
+
+/// The normalised 3x3 binomial filter [1,2,1]^T [1,2,1] / 16 as a (channels, 1, 3, 3) depthwise weight.
+torch::Tensor blur_filter(int64_t channels, const torch::TensorOptions& options);
+
+/// Reflect-pad by 1, then depthwise-convolve with blur_filter at the given stride.
+torch::Tensor blur_pool(const torch::Tensor& input, int64_t stride = 2);
+
+/// Applies the activation (in place when the input does not need a gradient graph kept intact).
+torch::Tensor activation(const torch::Tensor& input, Activation activation, double param);
+
+/// act((|weight| + eps) * (x - mean) / sqrt(var + eps) + bias). In training the batch statistics normalise
+/// (biased variance) and the running statistics are updated with `momentum` (unbiased variance).
+torch::Tensor activated_batch_norm(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
+                                   const torch::Tensor& running_mean, const torch::Tensor& running_var,
+                                   bool training, double momentum, double eps, Activation activation,
+                                   double activation_param);
+
+}  // namespace functional
+
+/// Rearranges blocks of pixels into channels (the TResNet stem).
+class SpaceToDepthImpl : public torch::nn::Cloneable<SpaceToDepthImpl> {
+ public:
+  explicit SpaceToDepthImpl(SpaceToDepthOptions options = {});
+  void reset() override {}
+  void pretty_print(std::ostream& stream) const override;
+  torch::Tensor forward(const torch::Tensor& input);
+  SpaceToDepthOptions options;
+};
+TORCH_MODULE(SpaceToDepth);
+
+/// Anti-aliased downsampling. Holds no parameters or buffers: the filter is built per call in the input's
+/// dtype and device (9 * C numbers), so it follows .to() and is absent from the state dict as in the reference.
+class BlurPoolImpl : public torch::nn::Cloneable<BlurPoolImpl> {
+ public:
+  explicit BlurPoolImpl(BlurPoolOptions options);
+  void reset() override {}
+  void pretty_print(std::ostream& stream) const override;
+  torch::Tensor forward(const torch::Tensor& input);
+  BlurPoolOptions options;
+};
+TORCH_MODULE(BlurPool);
+
+/// Squeeze-and-excitation: x * sigmoid(fc2(relu(fc1(mean_hw(x))))), fc1/fc2 being 1x1 convs with bias.
+class SqueezeExciteImpl : public torch::nn::Cloneable<SqueezeExciteImpl> {
+ public:
+  explicit SqueezeExciteImpl(SqueezeExciteOptions options);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  torch::Tensor forward(const torch::Tensor& input);
+  SqueezeExciteOptions options;
+  torch::nn::Conv2d fc1{nullptr};
+  torch::nn::Conv2d fc2{nullptr};
+};
+TORCH_MODULE(SqueezeExcite);
+
+/// Batch norm with |weight| + eps scaling and a fused activation; state dict weight, bias, running_mean,
+/// running_var (no num_batches_tracked, as InPlaceABN).
+class ActivatedBatchNormImpl : public torch::nn::Cloneable<ActivatedBatchNormImpl> {
+ public:
+  explicit ActivatedBatchNormImpl(ActivatedBatchNormOptions options);
+  void reset() override;
+  /// Weight 1, bias 0, running mean 0, running var 1.
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+  torch::Tensor forward(const torch::Tensor& input);
+  ActivatedBatchNormOptions options;
+  torch::Tensor weight, bias, running_mean, running_var;
+};
+TORCH_MODULE(ActivatedBatchNorm);
+
+/// Conv2d (no bias) then ActivatedBatchNorm, registered as children "0" and "1" like the reference's
+/// nn.Sequential. In the fused form child "0" carries a bias and child "1" does not exist.
+class ConvNormActImpl : public torch::nn::Cloneable<ConvNormActImpl> {
+ public:
+  explicit ConvNormActImpl(ConvNormActOptions options);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  torch::Tensor forward(const torch::Tensor& input);
+  /// The conv weight and bias equivalent to conv + norm in eval mode, in float64:
+  /// scale = (|w| + eps) / sqrt(running_var + eps), weight * scale, bias - running_mean * scale.
+  std::pair<torch::Tensor, torch::Tensor> folded_weight_and_bias() const;
+  /// Folds the norm (running statistics, |weight| + eps) into the conv weight and a new conv bias and
+  /// switches to the fused form. Throws if already fused.
+  void fuse();
+  ConvNormActOptions options;
+  torch::nn::Conv2d conv{nullptr};
+  ActivatedBatchNorm norm{nullptr};
+};
+TORCH_MODULE(ConvNormAct);
+
+}  // namespace asl::nn

@@ -1,0 +1,71 @@
+#include "asl/models/fuse.h"
+
+#include <string>
+
+#include <torch/torch.h>
+
+namespace asl::models {
+
+FusedTResNetImpl::FusedTResNetImpl(TResNetOptions model_options_, FuseOptions options_)
+    : model_options(std::move(model_options_)), options(options_) {
+  reset();
+}
+
+void FusedTResNetImpl::reset() {
+  TORCH_CHECK(options.dtype() == torch::kFloat32 || options.dtype() == torch::kBFloat16,
+              "FusedTResNet: dtype must be float32 or bfloat16, got ", c10::toString(options.dtype()));
+  model = register_module("model", TResNet(TResNetOptions(model_options).fused(true)));
+  model->eval();
+  model->to(options.dtype());
+  if (options.channels_last()) {
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->parameters()) {
+      if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+    }
+  }
+  for (auto& p : model->parameters()) p.set_requires_grad(false);
+}
+
+void FusedTResNetImpl::pretty_print(std::ostream& stream) const {
+  stream << "asl::models::FusedTResNet(dtype=" << c10::toString(options.dtype())
+         << ", channels_last=" << (options.channels_last() ? "true" : "false") << ")";
+}
+
+torch::Tensor FusedTResNetImpl::forward(const torch::Tensor& input) {
+  c10::InferenceMode guard;
+  auto x = input.to(options.dtype());
+  if (options.channels_last()) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+  return model->forward(x).to(torch::kFloat32);
+}
+
+FusedTResNet fuse_for_inference(const TResNet& model, const FuseOptions& options) {
+  TORCH_CHECK(!model->options.fused(), "fuse_for_inference: the model is already fused");
+  const auto source_params = model->named_parameters();
+  const auto source_modules = model->named_modules();
+  const auto device = source_params.is_empty() ? torch::Device(torch::kCPU) : source_params[0].value().device();
+
+  FusedTResNet fused(model->options, FuseOptions(options));
+  fused->to(device);
+  torch::NoGradGuard no_grad;
+  // Parameters other than the conv/norm pairs (SE convs, linear layers) keep their names and values.
+  for (auto& item : fused->model->named_parameters()) {
+    if (const auto* src = source_params.find(item.key())) {
+      if (src->sizes() == item.value().sizes()) item.value().copy_(*src);
+    }
+  }
+  for (const auto& item : fused->model->named_modules()) {
+    auto* target = item.value()->as<asl::nn::ConvNormAct>();
+    if (target == nullptr) continue;
+    const auto* src_module = source_modules.find(item.key());
+    TORCH_CHECK(src_module != nullptr, "fuse_for_inference: no module '", item.key(), "' in the source model");
+    auto* source = (*src_module)->as<asl::nn::ConvNormAct>();
+    TORCH_CHECK(source != nullptr && source->norm, "fuse_for_inference: '", item.key(),
+                "' is not an unfused ConvNormAct in the source model");
+    const auto folded = source->folded_weight_and_bias();
+    target->conv->weight.copy_(folded.first);
+    target->conv->bias.copy_(folded.second);
+  }
+  return fused;
+}
+
+}  // namespace asl::models

@@ -1,0 +1,257 @@
+#include "asl/nn/layers.h"
+
+#include <stdexcept>
+
+#include <torch/nn/functional/padding.h>
+#include <torch/nn/init.h>
+#include <torch/torch.h>
+
+namespace asl::nn {
+
+Activation parse_activation(const std::string& name) {
+  if (name == "identity") return Activation::Identity;
+  if (name == "leaky_relu") return Activation::LeakyReLU;
+  if (name == "elu") return Activation::ELU;
+  throw std::invalid_argument("activation: unknown value '" + name + "' (expected identity, leaky_relu or elu)");
+}
+
+const char* to_string(Activation activation) {
+  switch (activation) {
+    case Activation::Identity: return "identity";
+    case Activation::LeakyReLU: return "leaky_relu";
+    case Activation::ELU: return "elu";
+  }
+  return "?";
+}
+
+namespace {
+
+// Only for tensors this file just created: the in-place forms save a copy and keep autograd correct for
+// slope/alpha >= 0 because their backward is written in terms of the result.
+torch::Tensor activation_inplace(torch::Tensor x, Activation activation, double param) {
+  switch (activation) {
+    case Activation::Identity: return x;
+    case Activation::LeakyReLU: return torch::leaky_relu_(x, param);
+    case Activation::ELU: return torch::elu_(x, param);
+  }
+  return x;
+}
+
+torch::nn::Conv2d make_conv(const ConvNormActOptions& o) {
+  return torch::nn::Conv2d(torch::nn::Conv2dOptions(o.in_channels(), o.out_channels(), o.kernel_size())
+                               .stride(o.stride())
+                               .padding(o.kernel_size() / 2)
+                               .groups(o.groups())
+                               .bias(o.fused()));
+}
+
+}  // namespace
+
+namespace functional {
+
+torch::Tensor space_to_depth(const torch::Tensor& input, int64_t block_size) {
+  TORCH_CHECK(input.dim() == 4, "space_to_depth: input must be N x C x H x W, got shape ", input.sizes());
+  TORCH_CHECK(block_size >= 1, "space_to_depth: block_size must be >= 1, got ", block_size);
+  const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), b = block_size;
+  TORCH_CHECK(h % b == 0 && w % b == 0, "space_to_depth: H and W must be multiples of block_size ", b,
+              ", got shape ", input.sizes());
+  if (input.suggest_memory_format() == torch::MemoryFormat::ChannelsLast && c > 1) {
+    // Same channel order, written straight into channels-last layout (one copy instead of two).
+    auto x = input.view({n, c, h / b, b, w / b, b}).permute({0, 2, 4, 3, 5, 1}).contiguous();
+    return x.view({n, h / b, w / b, b * b * c}).permute({0, 3, 1, 2});
+  }
+  return input.contiguous().view({n, c, h / b, b, w / b, b}).permute({0, 3, 5, 1, 2, 4}).reshape(
+      {n, c * b * b, h / b, w / b});
+}
+
+torch::Tensor blur_filter(int64_t channels, const torch::TensorOptions& options) {
+  const auto a = torch::tensor({1.0, 2.0, 1.0}, torch::kFloat64);
+  const auto filt = (a.unsqueeze(1) * a.unsqueeze(0)) / 16.0;
+  return filt.view({1, 1, 3, 3}).expand({channels, 1, 3, 3}).to(options).contiguous();
+}
+
+torch::Tensor blur_pool(const torch::Tensor& input, int64_t stride) {
+  TORCH_CHECK(input.dim() == 4, "blur_pool: input must be N x C x H x W, got shape ", input.sizes());
+  const int64_t c = input.size(1);
+  TORCH_CHECK(input.size(2) >= 2 && input.size(3) >= 2, "blur_pool: reflect padding needs H, W >= 2, got shape ",
+              input.sizes());
+  torch::Tensor padded;
+  const bool channels_last = input.suggest_memory_format() == torch::MemoryFormat::ChannelsLast;
+  if ((input.scalar_type() == torch::kFloat || input.scalar_type() == torch::kDouble) && !channels_last) {
+    padded = torch::nn::functional::pad(input, torch::nn::functional::PadFuncOptions({1, 1, 1, 1}).mode(torch::kReflect));
+  } else {
+    // LibTorch 1.13's CPU reflection_pad2d has no bfloat16/half kernel and returns NCHW for a channels-last
+    // input (which would then switch the rest of the block back to NCHW): the same padding by concatenation.
+    const int64_t h = input.size(2), w = input.size(3);
+    auto x = torch::cat({input.narrow(2, 1, 1), input, input.narrow(2, h - 2, 1)}, 2);
+    padded = torch::cat({x.narrow(3, 1, 1), x, x.narrow(3, w - 2, 1)}, 3);
+  }
+  const auto weight = blur_filter(c, input.options()).contiguous(input.suggest_memory_format());
+  return torch::conv2d(padded, weight, c10::nullopt, torch::IntArrayRef{stride}, torch::IntArrayRef{0},
+                       torch::IntArrayRef{1}, c);
+}
+
+torch::Tensor activation(const torch::Tensor& input, Activation activation, double param) {
+  switch (activation) {
+    case Activation::Identity: return input;
+    case Activation::LeakyReLU: return torch::leaky_relu(input, param);
+    case Activation::ELU: return torch::elu(input, param);
+  }
+  return input;
+}
+
+torch::Tensor activated_batch_norm(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
+                                   const torch::Tensor& running_mean, const torch::Tensor& running_var,
+                                   bool training, double momentum, double eps, Activation activation,
+                                   double activation_param) {
+  TORCH_CHECK(input.dim() >= 2, "activated_batch_norm: input must be N x C x ..., got shape ", input.sizes());
+  // InPlaceABN scales by |w| + eps so that its activation stays invertible; autograd gives sign(w) for free.
+  auto y = torch::batch_norm(input, weight.abs() + eps, bias, running_mean, running_var, training, momentum, eps,
+                             /*cudnn_enabled=*/true);
+  return activation_inplace(y, activation, activation_param);
+}
+
+}  // namespace functional
+
+// ---- SpaceToDepth --------------------------------------------------------
+
+SpaceToDepthImpl::SpaceToDepthImpl(SpaceToDepthOptions options_) : options(options_) {}
+
+void SpaceToDepthImpl::pretty_print(std::ostream& stream) const {
+  stream << "asl::nn::SpaceToDepth(block_size=" << options.block_size() << ")";
+}
+
+torch::Tensor SpaceToDepthImpl::forward(const torch::Tensor& input) {
+  return functional::space_to_depth(input, options.block_size());
+}
+
+// ---- BlurPool ------------------------------------------------------------
+
+BlurPoolImpl::BlurPoolImpl(BlurPoolOptions options_) : options(options_) {}
+
+void BlurPoolImpl::pretty_print(std::ostream& stream) const {
+  stream << "asl::nn::BlurPool(channels=" << options.channels() << ", stride=" << options.stride() << ")";
+}
+
+torch::Tensor BlurPoolImpl::forward(const torch::Tensor& input) {
+  TORCH_CHECK(input.dim() == 4 && input.size(1) == options.channels(), "BlurPool: expected N x ",
+              options.channels(), " x H x W input, got shape ", input.sizes());
+  return functional::blur_pool(input, options.stride());
+}
+
+// ---- SqueezeExcite -------------------------------------------------------
+
+SqueezeExciteImpl::SqueezeExciteImpl(SqueezeExciteOptions options_) : options(options_) { reset(); }
+
+void SqueezeExciteImpl::reset() {
+  fc1 = register_module("fc1", torch::nn::Conv2d(torch::nn::Conv2dOptions(options.channels(),
+                                                                          options.reduction_channels(), 1)
+                                                     .bias(true)));
+  fc2 = register_module("fc2", torch::nn::Conv2d(torch::nn::Conv2dOptions(options.reduction_channels(),
+                                                                          options.channels(), 1)
+                                                     .bias(true)));
+}
+
+void SqueezeExciteImpl::pretty_print(std::ostream& stream) const {
+  stream << "asl::nn::SqueezeExcite(channels=" << options.channels()
+         << ", reduction_channels=" << options.reduction_channels() << ")";
+}
+
+torch::Tensor SqueezeExciteImpl::forward(const torch::Tensor& input) {
+  auto s = input.mean({2, 3}, /*keepdim=*/true);
+  s = fc1->forward(s).relu_();
+  s = fc2->forward(s).sigmoid_();
+  return input * s;
+}
+
+// ---- ActivatedBatchNorm --------------------------------------------------
+
+ActivatedBatchNormImpl::ActivatedBatchNormImpl(ActivatedBatchNormOptions options_) : options(options_) { reset(); }
+
+void ActivatedBatchNormImpl::reset() {
+  const int64_t c = options.num_features();
+  TORCH_CHECK(c > 0, "ActivatedBatchNorm: num_features must be positive, got ", c);
+  weight = register_parameter("weight", torch::ones({c}));
+  bias = register_parameter("bias", torch::zeros({c}));
+  running_mean = register_buffer("running_mean", torch::zeros({c}));
+  running_var = register_buffer("running_var", torch::ones({c}));
+}
+
+void ActivatedBatchNormImpl::reset_parameters() {
+  torch::NoGradGuard no_grad;
+  weight.fill_(1);
+  bias.zero_();
+  running_mean.zero_();
+  running_var.fill_(1);
+}
+
+void ActivatedBatchNormImpl::pretty_print(std::ostream& stream) const {
+  stream << "asl::nn::ActivatedBatchNorm(" << options.num_features() << ", eps=" << options.eps()
+         << ", momentum=" << options.momentum() << ", activation=" << to_string(options.activation());
+  if (options.activation() != Activation::Identity) stream << ", activation_param=" << options.activation_param();
+  stream << ")";
+}
+
+torch::Tensor ActivatedBatchNormImpl::forward(const torch::Tensor& input) {
+  return functional::activated_batch_norm(input, weight, bias, running_mean, running_var, is_training(),
+                                          options.momentum(), options.eps(), options.activation(),
+                                          options.activation_param());
+}
+
+// ---- ConvNormAct ---------------------------------------------------------
+
+ConvNormActImpl::ConvNormActImpl(ConvNormActOptions options_) : options(options_) { reset(); }
+
+void ConvNormActImpl::reset() {
+  conv = register_module("0", make_conv(options));
+  if (!options.fused()) {
+    norm = register_module("1", ActivatedBatchNorm(ActivatedBatchNormOptions(options.out_channels())
+                                                       .activation(options.activation())
+                                                       .activation_param(options.activation_param())));
+  } else {
+    norm = nullptr;
+  }
+}
+
+void ConvNormActImpl::pretty_print(std::ostream& stream) const {
+  stream << "asl::nn::ConvNormAct(" << options.in_channels() << ", " << options.out_channels()
+         << ", kernel_size=" << options.kernel_size() << ", stride=" << options.stride()
+         << ", activation=" << to_string(options.activation());
+  if (options.fused()) stream << ", fused";
+  stream << ")";
+}
+
+torch::Tensor ConvNormActImpl::forward(const torch::Tensor& input) {
+  if (options.fused()) {
+    return activation_inplace(conv->forward(input), options.activation(), options.activation_param());
+  }
+  return norm->forward(conv->forward(input));
+}
+
+std::pair<torch::Tensor, torch::Tensor> ConvNormActImpl::folded_weight_and_bias() const {
+  TORCH_CHECK(!options.fused() && norm, "ConvNormAct: already fused, there is no norm to fold");
+  torch::NoGradGuard no_grad;
+  const double eps = norm->options.eps();
+  // Folded in float64 so that fusing adds no rounding beyond the final cast.
+  const auto scale =
+      (norm->weight.to(torch::kFloat64).abs() + eps) / (norm->running_var.to(torch::kFloat64) + eps).sqrt();
+  auto weight = conv->weight.to(torch::kFloat64) * scale.view({-1, 1, 1, 1});
+  auto bias = norm->bias.to(torch::kFloat64) - norm->running_mean.to(torch::kFloat64) * scale;
+  return {std::move(weight), std::move(bias)};
+}
+
+void ConvNormActImpl::fuse() {
+  const auto folded = folded_weight_and_bias();
+  const auto tensor_options = conv->weight.options();
+  options.fused(true);
+  auto fused_conv = make_conv(options);
+  fused_conv->to(tensor_options.device(), tensor_options.dtype().toScalarType());
+  torch::NoGradGuard no_grad;
+  fused_conv->weight.copy_(folded.first);
+  fused_conv->bias.copy_(folded.second);
+  conv = replace_module("0", fused_conv);
+  unregister_module("1");
+  norm = nullptr;
+}
+
+}  // namespace asl::nn

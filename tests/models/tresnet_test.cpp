@@ -1,0 +1,411 @@
+// TResNet against the reference: fixture checkpoints (logits, loss, gradients, running stats), the full-size
+// manifests, the registry, the building blocks and the multiply-add count.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "asl/io/checkpoint.h"
+#include "asl/models/registry.h"
+#include "asl/models/tresnet.h"
+#include "asl/nn/layers.h"
+#include "asl/nn/loss.h"
+#include "test_util.h"
+
+namespace {
+
+using asl::models::TResNet;
+using asl::models::TResNetOptions;
+using asl::test::all_close;
+using nlohmann::json;
+
+// Tolerances from the issue: logits and running statistics are float32 sums of thousands of terms
+// (abs 1e-4 + rel 1e-4); gradients pass through every layer twice (abs 1e-5 + rel 1e-3).
+constexpr double kLogitAtol = 1e-4, kLogitRtol = 1e-4;
+constexpr double kGradAtol = 1e-5, kGradRtol = 1e-3;
+constexpr double kLossRtol = 1e-5;
+
+const char* kSub = "tresnet";
+
+json cases() { return asl::test::load_json(asl::test::fixtures_dir() / kSub / "cases.json"); }
+
+TResNetOptions options_from_spec(const json& spec) {
+  TResNetOptions o;
+  o.layers(spec.at("layers").get<std::vector<int64_t>>())
+      .num_classes(spec.at("num_classes").get<int64_t>())
+      .width_factor(spec.value("width_factor", 1.0))
+      .do_bottleneck_head(spec.value("do_bottleneck_head", false));
+  if (spec.contains("in_chans")) o.in_chans(spec.at("in_chans").get<int64_t>());
+  return o;
+}
+
+asl::nn::AsymmetricLossOptions loss_from_config(const json& c) {
+  asl::nn::AsymmetricLossOptions o;
+  o.gamma_neg(c.value("gamma_neg", 4.0)).gamma_pos(c.value("gamma_pos", 1.0)).eps(c.value("eps", 1e-8));
+  o.disable_torch_grad_focal_loss(c.value("disable_torch_grad_focal_loss", true));
+  if (c.contains("clip") && !c.at("clip").is_null()) {
+    o.clip(c.at("clip").get<double>());
+  } else {
+    o.clip(c10::nullopt);
+  }
+  return o;
+}
+
+TResNet load_fixture_model(const json& entry, const std::string& checkpoint_field) {
+  TResNet model(options_from_spec(entry.at("spec")));
+  const auto path = asl::test::fixtures_dir() / kSub / entry.at(checkpoint_field).get<std::string>();
+  const auto ckpt = asl::io::load_checkpoint(path.string());
+  asl::io::load_state_dict(*model, ckpt.model);  // strict: every key, no extras, same shapes
+  return model;
+}
+
+torch::Tensor named_tensor(torch::nn::Module& module, const std::string& key) {
+  const auto params = module.named_parameters();
+  if (const auto* p = params.find(key)) return *p;
+  const auto buffers = module.named_buffers();
+  if (const auto* b = buffers.find(key)) return *b;
+  throw std::runtime_error("no parameter or buffer '" + key + "'");
+}
+
+// ---- fixtures ------------------------------------------------------------
+
+TEST(TResNetFixture, EvalLogitsZipAndLegacy) {
+  int checked = 0;
+  const auto all = cases();  // items() refers into it
+  for (const auto& [name, entry] : all.items()) {
+    SCOPED_TRACE(name);
+    const auto input = asl::test::fixture_npy(kSub, entry.at("input"));
+    const auto expected = asl::test::fixture_npy(kSub, entry.at("eval_logits"));
+    for (const char* field : {"checkpoint", "checkpoint_legacy"}) {
+      if (!entry.contains(field)) continue;
+      SCOPED_TRACE(field);
+      auto model = load_fixture_model(entry, field);
+      model->eval();
+      torch::NoGradGuard no_grad;
+      EXPECT_TRUE(all_close(model->forward(input), expected, kLogitAtol, kLogitRtol));
+      ++checked;
+    }
+  }
+  EXPECT_GE(checked, 3);  // small (zip + legacy) and small_bhead
+}
+
+TEST(TResNetFixture, TrainLogitsLossGradientsRunningStats) {
+  int checked = 0;
+  const auto all = cases();  // items() refers into it
+  for (const auto& [name, entry] : all.items()) {
+    SCOPED_TRACE(name);
+    auto model = load_fixture_model(entry, "checkpoint");
+    model->train();
+    const auto input = asl::test::fixture_npy(kSub, entry.at("input")).requires_grad_(true);
+    const auto logits = model->forward(input);
+    EXPECT_TRUE(all_close(logits, asl::test::fixture_npy(kSub, entry.at("train_logits")), kLogitAtol, kLogitRtol));
+
+    for (const auto& [key, file] : entry.at("running_stats_after_train_forward").items()) {
+      SCOPED_TRACE(key);
+      EXPECT_TRUE(all_close(named_tensor(*model, key), asl::test::fixture_npy(kSub, file), kLogitAtol, kLogitRtol));
+    }
+
+    const auto targets = asl::test::fixture_npy(kSub, entry.at("train_targets"));
+    const auto loss = asl::nn::functional::asymmetric_loss(logits, targets, loss_from_config(entry.at("train_loss_config")));
+    EXPECT_TRUE(asl::test::rel_close(loss.item<double>(), entry.at("train_loss").get<double>(), kLossRtol));
+    loss.backward();
+
+    for (const auto& [key, file] : entry.at("param_grads").items()) {
+      SCOPED_TRACE(key);
+      const auto grad = named_tensor(*model, key).grad();
+      ASSERT_TRUE(grad.defined());
+      EXPECT_TRUE(all_close(grad, asl::test::fixture_npy(kSub, file), kGradAtol, kGradRtol));
+    }
+    ASSERT_TRUE(input.grad().defined());
+    EXPECT_TRUE(all_close(input.grad(), asl::test::fixture_npy(kSub, entry.at("input_grad")), kGradAtol, kGradRtol));
+    ++checked;
+  }
+  EXPECT_GE(checked, 2);
+}
+
+TEST(TResNetFixture, LegacyAndZipCheckpointsLoadTheSameWeights) {
+  const auto all = cases();  // items() refers into it
+  for (const auto& [name, entry] : all.items()) {
+    if (!entry.contains("checkpoint_legacy")) continue;
+    SCOPED_TRACE(name);
+    auto zip = load_fixture_model(entry, "checkpoint");
+    auto legacy = load_fixture_model(entry, "checkpoint_legacy");
+    const auto a = asl::io::module_state_dict(*zip);
+    const auto b = asl::io::module_state_dict(*legacy);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i].key(), b[i].key());
+      EXPECT_TRUE(torch::equal(a[i].value(), b[i].value())) << a[i].key();
+    }
+  }
+}
+
+TEST(TResNetFixture, DetectModelRecoversTheSpec) {
+  const auto all = cases();  // items() refers into it
+  for (const auto& [name, entry] : all.items()) {
+    SCOPED_TRACE(name);
+    const auto path = asl::test::fixtures_dir() / kSub / entry.at("checkpoint").get<std::string>();
+    const auto detected = asl::models::detect_model(asl::io::load_checkpoint(path.string()).model);
+    const auto want = options_from_spec(entry.at("spec"));
+    EXPECT_EQ(detected.name, "");  // the fixtures are custom layouts
+    EXPECT_EQ(detected.options.layers(), want.layers());
+    EXPECT_EQ(static_cast<int64_t>(64 * detected.options.width_factor()),
+              static_cast<int64_t>(64 * want.width_factor()));
+    EXPECT_EQ(detected.options.num_classes(), want.num_classes());
+    EXPECT_EQ(detected.options.do_bottleneck_head(), want.do_bottleneck_head());
+    EXPECT_EQ(detected.options.in_chans(), 3);
+  }
+}
+
+// ---- manifests -----------------------------------------------------------
+
+class TResNetManifest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TResNetManifest, KeysOrderShapesDtypesAndParameterCount) {
+  const auto manifest = asl::test::load_json(asl::test::fixtures_dir() / kSub / ("manifest_" + GetParam() + ".json"));
+  const int64_t num_classes = manifest.at("num_classes").get<int64_t>();
+  auto model = asl::models::create_model(manifest.at("model").get<std::string>(), num_classes);
+  EXPECT_EQ(model->options.do_bottleneck_head(), manifest.at("bottleneck_head").get<bool>());
+
+  const auto state = asl::io::module_state_dict(*model);
+  const auto& expected = manifest.at("state_dict");
+  ASSERT_EQ(state.size(), expected.size());
+  for (size_t i = 0; i < state.size(); ++i) {
+    const auto& e = expected[i];
+    ASSERT_EQ(state[i].key(), e.at(0).get<std::string>()) << "at index " << i;
+    EXPECT_EQ(state[i].value().sizes().vec(), e.at(1).get<std::vector<int64_t>>()) << state[i].key();
+    EXPECT_EQ(std::string(c10::toString(state[i].value().scalar_type())), "Float") << state[i].key();
+    EXPECT_EQ(e.at(2).get<std::string>(), "float32");
+  }
+  int64_t parameters = 0;
+  for (const auto& p : model->parameters()) parameters += p.numel();
+  EXPECT_EQ(parameters, manifest.at("parameters").get<int64_t>());
+
+  // Architecture detection from the state dict recovers the registered name.
+  const auto detected = asl::models::detect_model(state);
+  EXPECT_EQ(detected.name, GetParam());
+  EXPECT_EQ(detected.options.num_classes(), num_classes);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllVariants, TResNetManifest,
+                         ::testing::Values("tresnet_m", "tresnet_l", "tresnet_xl", "tresnet_l_openimages"));
+
+// ---- registry ------------------------------------------------------------
+
+TEST(TResNetRegistry, NamesAndErrors) {
+  const auto names = asl::models::model_names();
+  EXPECT_EQ(names, (std::vector<std::string>{"tresnet_m", "tresnet_l", "tresnet_xl", "tresnet_l_openimages"}));
+  EXPECT_THROW(asl::models::create_model("resnet50", 80), std::invalid_argument);
+  EXPECT_THROW(asl::models::create_model("tresnet_m", 0), std::invalid_argument);
+  const auto o = asl::models::model_options("tresnet_l", 10, asl::models::ModelOptions().do_bottleneck_head(true));
+  EXPECT_TRUE(o.do_bottleneck_head());
+  EXPECT_EQ(o.layers(), (std::vector<int64_t>{4, 5, 18, 3}));
+
+  asl::io::StateDict empty;
+  EXPECT_THROW(asl::models::detect_model(empty), std::runtime_error);
+  TResNet small(TResNetOptions().layers({1, 1, 1, 1}).width_factor(0.25).num_classes(5));
+  auto state = asl::io::module_state_dict(*small);
+  state.erase("head.fc.weight");
+  try {
+    asl::models::detect_model(state);
+    FAIL() << "expected a throw";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("head.fc.weight"), std::string::npos) << e.what();
+  }
+}
+
+// ---- building blocks -----------------------------------------------------
+
+TEST(Layers, SpaceToDepthMatchesReferenceIndexing) {
+  const auto x = torch::randn({2, 3, 8, 12});
+  const auto y = asl::nn::functional::space_to_depth(x, 4);
+  ASSERT_EQ(y.sizes(), (std::vector<int64_t>{2, 48, 2, 3}));
+  // out[n, (bh * 4 + bw) * C + c, i, j] = x[n, c, i * 4 + bh, j * 4 + bw]
+  const auto xa = x.accessor<float, 4>();
+  const auto ya = y.accessor<float, 4>();
+  for (int n = 0; n < 2; ++n)
+    for (int c = 0; c < 3; ++c)
+      for (int i = 0; i < 8; ++i)
+        for (int j = 0; j < 12; ++j) {
+          const int bh = i % 4, bw = j % 4;
+          ASSERT_EQ(ya[n][(bh * 4 + bw) * 3 + c][i / 4][j / 4], xa[n][c][i][j]);
+        }
+  const auto y_cl = asl::nn::functional::space_to_depth(x.contiguous(torch::MemoryFormat::ChannelsLast), 4);
+  EXPECT_TRUE(y_cl.is_contiguous(torch::MemoryFormat::ChannelsLast));
+  EXPECT_TRUE(torch::equal(y_cl, y));
+  EXPECT_THROW(asl::nn::functional::space_to_depth(torch::randn({1, 3, 6, 8}), 4), c10::Error);
+}
+
+TEST(Layers, BlurPoolIsReflectPaddedBinomialAndStateless) {
+  const auto x = torch::randn({2, 5, 7, 6}, torch::kFloat64);
+  asl::nn::BlurPool blur(asl::nn::BlurPoolOptions(5));
+  const auto y = blur->forward(x);
+  ASSERT_EQ(y.sizes(), (std::vector<int64_t>{2, 5, 4, 3}));
+  EXPECT_EQ(y.scalar_type(), torch::kFloat64);  // the filter follows the input dtype
+  const auto reflect = [](int64_t i, int64_t n) { return i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i); };
+  const double k[3] = {1, 2, 1};
+  const auto xa = x.accessor<double, 4>();
+  const auto ya = y.accessor<double, 4>();
+  for (int n = 0; n < 2; ++n)
+    for (int c = 0; c < 5; ++c)
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 3; ++j) {
+          double s = 0;
+          for (int di = 0; di < 3; ++di)
+            for (int dj = 0; dj < 3; ++dj)
+              s += k[di] * k[dj] * xa[n][c][reflect(2 * i + di - 1, 7)][reflect(2 * j + dj - 1, 6)];
+          ASSERT_NEAR(ya[n][c][i][j], s / 16, 1e-12);
+        }
+  // The concatenation padding used for channels-last and bfloat16 inputs equals reflect padding.
+  const auto x32 = x.to(torch::kFloat32);
+  const auto y32 = asl::nn::functional::blur_pool(x32);
+  const auto y_cl = asl::nn::functional::blur_pool(x32.contiguous(torch::MemoryFormat::ChannelsLast));
+  EXPECT_TRUE(y_cl.is_contiguous(torch::MemoryFormat::ChannelsLast));
+  EXPECT_TRUE(all_close(y_cl, y32, 1e-6, 1e-6));
+  const auto y_bf16 = asl::nn::functional::blur_pool(x32.to(torch::kBFloat16));
+  EXPECT_EQ(y_bf16.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(all_close(y_bf16, y32, 2e-2, 1e-2));  // bfloat16 rounding of input, filter and output
+  EXPECT_EQ(asl::io::module_state_dict(*blur).size(), 0u);
+  EXPECT_EQ(blur->buffers().size(), 0u);
+}
+
+TEST(Layers, ActivatedBatchNormFormulaAndRunningStats) {
+  asl::nn::ActivatedBatchNorm norm(asl::nn::ActivatedBatchNormOptions(4).activation_param(0.1));
+  {
+    torch::NoGradGuard no_grad;
+    norm->weight.copy_(torch::tensor({-0.5, 0.0, 1.5, -2.0}));
+    norm->bias.copy_(torch::tensor({0.1, -0.2, 0.3, 0.0}));
+    norm->running_mean.copy_(torch::tensor({0.5, -1.0, 0.0, 2.0}));
+    norm->running_var.copy_(torch::tensor({1.0, 4.0, 0.25, 2.0}));
+  }
+  const auto x = torch::randn({3, 4, 5, 2}, torch::kFloat64).to(torch::kFloat32);
+  const auto shape = std::vector<int64_t>{1, 4, 1, 1};
+  const auto w = (norm->weight.detach().abs() + 1e-5).view(shape);
+  const auto b = norm->bias.detach().view(shape);
+
+  norm->eval();
+  const auto expected_eval = torch::leaky_relu(
+      w * (x - norm->running_mean.view(shape)) / (norm->running_var.view(shape) + 1e-5).sqrt() + b, 0.1);
+  EXPECT_TRUE(all_close(norm->forward(x), expected_eval, 1e-6, 1e-5));
+
+  norm->train();
+  const auto mean = x.mean({0, 2, 3});
+  const auto var_biased = x.var({0, 2, 3}, /*unbiased=*/false);
+  const auto var_unbiased = x.var({0, 2, 3}, /*unbiased=*/true);
+  const auto old_mean = norm->running_mean.clone(), old_var = norm->running_var.clone();
+  const auto expected_train =
+      torch::leaky_relu(w * (x - mean.view(shape)) / (var_biased.view(shape) + 1e-5).sqrt() + b, 0.1);
+  EXPECT_TRUE(all_close(norm->forward(x), expected_train, 1e-5, 1e-5));
+  EXPECT_TRUE(all_close(norm->running_mean, 0.9 * old_mean + 0.1 * mean, 1e-6, 1e-5));
+  EXPECT_TRUE(all_close(norm->running_var, 0.9 * old_var + 0.1 * var_unbiased, 1e-6, 1e-5));
+  const auto state = asl::io::module_state_dict(*norm);
+  EXPECT_EQ(state.keys(), (std::vector<std::string>{"weight", "bias", "running_mean", "running_var"}));
+}
+
+TEST(Layers, ConvNormActFuseMatchesEval) {
+  torch::manual_seed(3);
+  asl::nn::ConvNormAct block(asl::nn::ConvNormActOptions(6, 8, 3).stride(2).activation_param(1e-3));
+  {
+    torch::NoGradGuard no_grad;
+    block->norm->weight.uniform_(-2, 2);
+    block->norm->bias.normal_();
+    block->norm->running_mean.normal_();
+    block->norm->running_var.uniform_(0.2, 3);
+  }
+  block->eval();
+  const auto x = torch::randn({2, 6, 9, 9});
+  torch::NoGradGuard no_grad;
+  const auto expected = block->forward(x);
+  block->fuse();
+  EXPECT_TRUE(block->options.fused());
+  EXPECT_EQ(asl::io::module_state_dict(*block).keys(), (std::vector<std::string>{"0.weight", "0.bias"}));
+  EXPECT_TRUE(all_close(block->forward(x), expected, 1e-5, 1e-5));
+  EXPECT_THROW(block->fuse(), c10::Error);
+}
+
+TEST(TResNet, InitialisationFollowsTheReference) {
+  torch::manual_seed(0);
+  auto model = asl::models::create_model("tresnet_m", 80);
+  const auto params = model->named_parameters();
+  EXPECT_TRUE(torch::all(params["body.layer1.0.conv2.1.weight"] == 0).item<bool>());
+  EXPECT_TRUE(torch::all(params["body.layer3.0.conv3.1.weight"] == 0).item<bool>());
+  EXPECT_TRUE(torch::all(params["body.layer3.0.conv1.1.weight"] == 1).item<bool>());
+  EXPECT_TRUE(torch::all(params["body.layer3.0.conv1.1.bias"] == 0).item<bool>());
+  // Kaiming normal, fan out, gain sqrt(2): std = sqrt(2 / (out * k * k)).
+  const auto w = params["body.layer3.0.conv2.0.0.weight"];
+  const double expected_std = std::sqrt(2.0 / (w.size(0) * 9));
+  EXPECT_NEAR(w.std().item<double>(), expected_std, 0.02 * expected_std);
+  EXPECT_NEAR(params["head.fc.weight"].std().item<double>(), 0.01, 0.0005);
+}
+
+// ---- multiply-adds -------------------------------------------------------
+
+// Independent count from the module tree: every Conv2d costs weight.numel() per output pixel, every BlurPool
+// 9 per output element; the pixel counts come from running the stages on a tensor of the right size.
+int64_t macs_from_modules(TResNet& model, int64_t height, int64_t width) {
+  torch::NoGradGuard no_grad;
+  model->eval();
+  int64_t macs = 0;
+  auto conv_macs = [](torch::nn::Module& m, int64_t pixels_in, int64_t pixels_out, bool strided) {
+    // Inside a block the convs before the blur run at the input resolution, after it at the output one.
+    int64_t total = 0;
+    bool after_blur = false;
+    for (const auto& item : m.named_modules("", /*include_self=*/false)) {
+      const std::string& key = item.key();
+      if (auto* blur = item.value()->as<asl::nn::BlurPool>()) {
+        total += blur->options.channels() * 9 * pixels_out;
+        after_blur = true;
+        continue;
+      }
+      auto* conv = item.value()->as<torch::nn::Conv2d>();
+      if (conv == nullptr) continue;
+      int64_t pixels = pixels_out;
+      if (key.rfind("se.", 0) == 0) {
+        pixels = 1;
+      } else if (key.rfind("downsample", 0) == 0) {
+        pixels = pixels_out;
+      } else if (strided && !after_blur) {
+        pixels = pixels_in;
+      }
+      total += conv->weight.numel() * pixels;
+    }
+    return total;
+  };
+  auto x = torch::zeros({1, model->options.in_chans(), height, width});
+  auto& body = *model->body;
+  x = body.conv1->forward(body.space_to_depth->forward(x));
+  macs += body.conv1->conv->weight.numel() * x.size(2) * x.size(3);
+  for (auto stage : {body.layer1, body.layer2, body.layer3, body.layer4}) {
+    for (auto& block : stage->blocks) {
+      const auto y = block.forward<torch::Tensor>(x);
+      const bool strided = y.size(2) != x.size(2);
+      macs += conv_macs(*block.ptr(), x.size(2) * x.size(3), y.size(2) * y.size(3), strided);
+      x = y;
+    }
+  }
+  for (const auto& p : model->head->named_parameters()) {
+    if (p.key().size() >= 6 && p.key().compare(p.key().size() - 6, 6, "weight") == 0) macs += p.value().numel();
+  }
+  return macs;
+}
+
+TEST(TResNet, MultiplyAddCountMatchesTheModuleTree) {
+  for (const auto& o : {TResNetOptions().layers({1, 2, 2, 1}).width_factor(0.5).num_classes(21),
+                        TResNetOptions().layers({1, 1, 1, 1}).width_factor(0.375).num_classes(30).do_bottleneck_head(true),
+                        asl::models::model_options("tresnet_m", 80)}) {
+    TResNet model(o);
+    for (const auto& hw : {std::pair<int64_t, int64_t>{64, 64}, {96, 128}, {224, 224}}) {
+      SCOPED_TRACE(std::to_string(hw.first) + "x" + std::to_string(hw.second));
+      EXPECT_EQ(asl::models::count_multiply_adds(o, hw.first, hw.second), macs_from_modules(model, hw.first, hw.second));
+    }
+  }
+  // The TResNet paper quotes 5.5 GFLOPs (multiply-adds) for TResNet-M at 224.
+  const double gmacs = asl::models::count_multiply_adds(asl::models::model_options("tresnet_m", 1000), 224, 224) / 1e9;
+  EXPECT_NEAR(gmacs, 5.5, 0.3);
+}
+
+}  // namespace

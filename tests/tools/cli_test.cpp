@@ -1,0 +1,169 @@
+// End to end through the `asl` executable: validate and infer against in-process computation, and
+// every documented error (exit code, message, no partial output).
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "asl/data/coco.h"
+#include "asl/data/image.h"
+#include "asl/io/npy.h"
+#include "asl/metrics/map.h"
+#include "asl/models/pretrained.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int code;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+std::string asl_binary() {
+  const char* dir = std::getenv("ASL_BINARY_DIR");
+  if (dir == nullptr) throw std::runtime_error("ASL_BINARY_DIR is not set (run through ctest)");
+  return (fs::path(dir) / "asl").string();
+}
+
+fs::path temp_dir(const std::string& name) {
+  const fs::path d = fs::temp_directory_path() / ("asl_cli_test_" + name);
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+Result run(const std::string& args) {
+  const fs::path dir = temp_dir("run");
+  const std::string cmd = asl_binary() + " " + args + " >" + (dir / "out").string() + " 2>" + (dir / "err").string();
+  const int status = std::system(cmd.c_str());
+  Result r{WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(dir / "out"), slurp(dir / "err")};
+  return r;
+}
+
+std::string fixture(const std::string& sub) { return (asl::test::fixtures_dir() / sub).string(); }
+
+// The library's sigmoid scores for images preprocessed as the CLI does (unfused reference model).
+torch::Tensor library_scores(const std::vector<std::string>& paths, int64_t size, asl::data::ResampleFilter filter) {
+  asl::models::ClassifierOptions o;
+  o.fuse = false;
+  asl::models::Classifier model = asl::models::load_classifier(fixture("tresnet/small.pth"), o);
+  std::vector<torch::Tensor> images;
+  for (const auto& p : paths) images.push_back(asl::data::to_tensor(asl::data::load_resized(p, size, filter)));
+  return torch::sigmoid(model.logits(torch::stack(images)));
+}
+
+// Fused float32 against the unfused model (the bound for the fused path).
+constexpr double kFusedAtol = 1e-4, kFusedRtol = 1e-4;
+
+TEST(CliValidate, SavedPredictionsEqualTheLibrarysScores) {
+  const fs::path out = temp_dir("validate") / "preds";
+  const Result r = run("validate --annotations " + fixture("coco/annotations.json") + " --images " +
+                       fixture("coco") + " --model-path " + fixture("tresnet/small.pth") +
+                       " --image-size 224 --batch-size 2 --workers 2 --json --per-class --save-preds " + out.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  for (const char* key : {"mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "images_per_s", "num_images", "per_class"}) {
+    EXPECT_TRUE(j.contains(key)) << key;
+  }
+  const asl::data::CocoDataset ds = asl::data::load_coco(fixture("coco/annotations.json"), fixture("coco"));
+  EXPECT_EQ(j.at("num_images").get<int64_t>(), ds.size());
+  const torch::Tensor scores = asl::io::load_npy((out / "scores.npy").string());
+  const torch::Tensor targets = asl::io::load_npy((out / "targets.npy").string());
+  EXPECT_EQ(scores.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::equal(targets, ds.targets.to(torch::kFloat32)));
+  std::string listing;
+  for (const auto& f : ds.file_names) listing += f + "\n";
+  EXPECT_EQ(slurp(out / "images.txt"), listing);
+  EXPECT_TRUE(asl::test::all_close(scores, library_scores(ds.image_paths(), 224, asl::data::ResampleFilter::bilinear),
+                                   kFusedAtol, kFusedRtol));
+  // The reported mAP is the library's on the saved predictions (the CLI's float32 scores).
+  EXPECT_NEAR(j.at("mAP").get<double>(), asl::metrics::mean_average_precision(scores, targets), 1e-9);
+}
+
+TEST(CliInfer, PrintsTheClassesAboveTheThreshold) {
+  const std::string image = fixture("images/000000000885.jpg");
+  const Result r = run("infer " + image + " --model-path " + fixture("tresnet/small.pth") +
+                       " --input-size 224 --th 0.5 --json --no-fuse");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j.at("image").get<std::string>(), image);
+  const torch::Tensor expected = library_scores({image}, 224, asl::data::ResampleFilter::bicubic)[0];
+  const auto& all = j.at("scores");
+  ASSERT_EQ(static_cast<int64_t>(all.size()), expected.size(0));
+  std::vector<int64_t> above;
+  for (int64_t k = 0; k < expected.size(0); ++k) {
+    EXPECT_NEAR(all[static_cast<size_t>(k)].get<double>(), expected[k].item<double>(), 1e-6);
+    if (expected[k].item<double>() > 0.5) above.push_back(k);
+  }
+  std::vector<int64_t> detected;
+  double last = 2.0;
+  for (const auto& d : j.at("detected")) {
+    detected.push_back(d.at("index").get<int64_t>());
+    EXPECT_LE(d.at("score").get<double>(), last);  // highest first
+    last = d.at("score").get<double>();
+  }
+  std::sort(detected.begin(), detected.end());
+  EXPECT_EQ(detected, above);
+}
+
+TEST(CliInfer, AnnotateWritesAnImage) {
+  const fs::path out = temp_dir("annotate") / "annotated.jpg";
+  const Result r = run("infer " + fixture("images/dog.jpg") + " --model-path " + fixture("tresnet/small.pth") +
+                       " --input-size 224 --annotate " + out.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  const asl::data::Image img = asl::data::load_image(out.string());
+  EXPECT_EQ(img.width, 768);
+  EXPECT_EQ(img.height, 576);
+}
+
+void expect_failure(const Result& r, const std::string& needle) {
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find(needle), std::string::npos) << "stderr: " << r.err;
+}
+
+TEST(CliErrors, EveryDocumentedErrorIsClearAndLeavesNoOutput) {
+  const fs::path dir = temp_dir("errors");
+  const std::string model = " --model-path " + fixture("tresnet/small.pth");
+  const std::string coco = " --annotations " + fixture("coco/annotations.json") + " --images " + fixture("coco");
+  // Missing files.
+  expect_failure(run("infer " + (dir / "nope.jpg").string() + model), "nope.jpg");
+  expect_failure(run("infer " + fixture("images/dog.jpg") + " --model-path " + (dir / "nope.pth").string()), "nope.pth");
+  // A corrupt JPEG.
+  {
+    std::string bytes = slurp(fixture("images/dog.jpg"));
+    std::ofstream(dir / "broken.jpg", std::ios::binary) << bytes.substr(0, bytes.size() / 3);
+    expect_failure(run("infer " + (dir / "broken.jpg").string() + model + " --input-size 224"), "broken.jpg");
+  }
+  // Malformed JSON.
+  std::ofstream(dir / "bad.json") << "{\"images\": [";
+  const fs::path preds = dir / "preds";
+  expect_failure(run("validate --annotations " + (dir / "bad.json").string() + " --images " + fixture("coco") +
+                     model + " --save-preds " + preds.string()),
+                 "bad.json");
+  EXPECT_FALSE(fs::exists(preds));
+  // Wrong class count: a 30-class model on the 21-category set.
+  const Result wrong = run("validate" + coco + " --model-path " + fixture("tresnet/small_bhead.pth") +
+                           " --image-size 224 --save-preds " + preds.string());
+  expect_failure(wrong, "30 classes");
+  EXPECT_NE(wrong.err.find("21 categories"), std::string::npos) << wrong.err;
+  EXPECT_FALSE(fs::exists(preds));
+  // Unknown model name.
+  expect_failure(run("infer " + fixture("images/dog.jpg") + model + " --model-name resnet9000"), "resnet9000");
+  // A usage error exits with 2.
+  EXPECT_EQ(run("validate --no-such-flag").code, 2);
+}
+
+}  // namespace
