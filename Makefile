@@ -21,9 +21,7 @@ bench: build
 	@/usr/bin/python3 bench/run_benchmarks.py --build $(BUILD_DIR)
 
 demo: build
-	@echo "make demo: training and the fashion-mosaic demo are not built yet (issue: training)."
-	@echo "What exists today: the ASL losses (make test, make bench) and 'build/asl --help'."
-	@./$(BUILD_DIR)/asl --version
+	@bash scripts/demo.sh $(BUILD_DIR)
 
 clean:
 	rm -rf $(BUILD_DIR)

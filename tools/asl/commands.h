@@ -23,6 +23,8 @@ void register_infer(CLI::App& app, Runner& run);
 /// Sets LibTorch's intra-op threads: `threads` when positive, else every core.
 void set_threads(int threads);
 
+/// `asl train DIR …`: ASL training with the reference's recipe (cmd_train.cpp).
+void register_train(CLI::App& app, Runner& run);
 
 /// `asl data fashion-mosaic OUT …`: dataset builders (cmd_data.cpp).
 void register_data(CLI::App& app, Runner& run);

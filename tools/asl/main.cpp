@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   asl::cli::register_ckpt(app, run);
   asl::cli::register_validate(app, run);
   asl::cli::register_infer(app, run);
+  asl::cli::register_train(app, run);
   asl::cli::register_data(app, run);
   app.footer(
       "Subcommands arrive with their issues; today the library provides the ASL losses\n"
