@@ -4,6 +4,8 @@
 // glibc vector-math (libmvec) calls, accurate to 4 ulp.
 #include "asl_loss_blocks.h"
 
+#include <type_traits>
+
 #ifndef ASL_ISA
 #error "ASL_ISA must name the instruction-set namespace"
 #endif
@@ -83,27 +85,59 @@ ASL_INLINE T ipow(T b, const T (&bits)[4]) {
   return bits[3] != T(0) ? r * b8 : r;
 }
 
-// Hard is the fast path, taken for a block whose targets are all 0, 1 (or -1) and whose gammas are
-// small integers: y log p + (1 - y) log qc is then exactly the log of the selected probability, and
-// the focusing weight is an integer power.
-template <typename T, bool Hard>
+// The focusing weight's power, chosen per block:
+//   kSoftPow  soft targets or non-integer gammas: libmvec pow;
+//   kBitsPow  hard 0/1 targets, integer gammas known at run time: ipow over their binary digits;
+//   >= 0      hard targets with the common gammas compiled in (gamma+ * 16 + gamma-): a few products.
+// With hard targets y log p + (1 - y) log qc is exactly the log of the selected probability.
+constexpr int kSoftPow = -2;
+constexpr int kBitsPow = -1;
+constexpr bool is_hard(int pow_kind) { return pow_kind != kSoftPow; }
+constexpr int fixed_pow(int gamma_pos, int gamma_neg) { return gamma_pos * 16 + gamma_neg; }
+
+template <int N, typename T>
+ASL_INLINE T cpow(T b) {
+  if constexpr (N == 0) {
+    return T(1);
+  } else if constexpr (N % 2 == 0) {
+    const T h = cpow<N / 2>(b);
+    return h * h;
+  } else {
+    return cpow<N - 1>(b) * b;
+  }
+}
+
+template <typename T, int Pow>
 ASL_INLINE T weight(T base, T gamma, T y, const Consts<T>& c) {
-  if (!Hard) return vpow(base, gamma);
-  return y == T(1) ? ipow(base, c.pos_bits) : ipow(base, c.neg_bits);
+  if constexpr (Pow == kSoftPow) {
+    return vpow(base, gamma);
+  } else if constexpr (Pow == kBitsPow) {
+    return y == T(1) ? ipow(base, c.pos_bits) : ipow(base, c.neg_bits);
+  } else {
+    return y == T(1) ? cpow<Pow / 16>(base) : cpow<Pow % 16>(base);
+  }
 }
 
 // d weight / d base (0 where gamma is 0, as autograd's pow backward).
-template <typename T, bool Hard>
+template <typename T, int Pow>
 ASL_INLINE T weight_slope(T base, T gamma, T y, const Consts<T>& c) {
   const T one = T(1);
-  const T pw = Hard ? (y == one ? ipow(base, c.pos1_bits) : ipow(base, c.neg1_bits)) : vpow(base, gamma - one);
-  return gamma == T(0) ? T(0) : gamma * pw;
+  if constexpr (Pow >= 0) {
+    constexpr int gp = Pow / 16, gn = Pow % 16;
+    const T sp = gp == 0 ? T(0) : T(gp) * cpow<(gp > 0 ? gp - 1 : 0)>(base);
+    const T sn = gn == 0 ? T(0) : T(gn) * cpow<(gn > 0 ? gn - 1 : 0)>(base);
+    return y == one ? sp : sn;
+  } else {
+    const T pw = Pow == kBitsPow ? (y == one ? ipow(base, c.pos1_bits) : ipow(base, c.neg1_bits))
+                                 : vpow(base, gamma - one);
+    return gamma == T(0) ? T(0) : gamma * pw;
+  }
 }
 
 // What both passes need about one element (scalar out-parameters, so the loops stay vectorisable):
 //   p = sigmoid(x); qc = 1 - p shifted by clip and clamped at 1; dqc_dp = -1, or 0 where the clamp is
 //   active; loss = y log(p) + (1 - y) log(qc), unweighted; base = 1 - p_t; gamma = g+ y + g- (1 - y).
-template <typename T, bool Hard>
+template <typename T, int Pow>
 ASL_INLINE void elem(T x, T y, const Consts<T>& c, T& p, T& qc, T& dqc_dp, T& loss, T& base, T& gamma) {
   const T one = T(1);
   p = one / (one + vexp(-x));
@@ -114,7 +148,7 @@ ASL_INLINE void elem(T x, T y, const Consts<T>& c, T& p, T& qc, T& dqc_dp, T& lo
   const T pc = p < c.eps ? c.eps : p;
   const T qcc = qc < c.eps ? c.eps : qc;
   const T ny = one - y;
-  if (Hard) {
+  if constexpr (is_hard(Pow)) {
     loss = vlog(y == one ? pc : qcc);
   } else {
     loss = y * vlog(pc) + ny * vlog(qcc);
@@ -123,23 +157,23 @@ ASL_INLINE void elem(T x, T y, const Consts<T>& c, T& p, T& qc, T& dqc_dp, T& lo
   gamma = c.gamma_pos * y + c.gamma_neg * ny;
 }
 
-template <typename T, bool Focal, bool Hard>
+template <typename T, bool Focal, int Pow>
 ASL_INLINE T neg_loss(T x, T y, const Consts<T>& c) {
   T p, qc, dqc_dp, loss, base, gamma;
-  elem<T, Hard>(x, y, c, p, qc, dqc_dp, loss, base, gamma);
-  if (Focal) loss = loss * weight<T, Hard>(base, gamma, y, c);
+  elem<T, Pow>(x, y, c, p, qc, dqc_dp, loss, base, gamma);
+  if (Focal) loss = loss * weight<T, Pow>(base, gamma, y, c);
   return -loss;
 }
 
 // d(-loss)/dx along the reference's autograd graph (a clamp passes the gradient where x >= min).
-template <typename T, bool Focal, bool Detach, bool Hard>
+template <typename T, bool Focal, bool Detach, int Pow>
 ASL_INLINE T neg_grad(T x, T y, const Consts<T>& c) {
   T p, qc, dqc_dp, loss, base, gamma;
-  elem<T, Hard>(x, y, c, p, qc, dqc_dp, loss, base, gamma);
+  elem<T, Pow>(x, y, c, p, qc, dqc_dp, loss, base, gamma);
   const T one = T(1);
   const T ny = one - y;
   T dl;  // d loss / d p
-  if (Hard) {
+  if constexpr (is_hard(Pow)) {
     // One division: only the selected log term has a non-zero derivative.
     const bool pos = y == one;
     const T num = pos ? (p >= c.eps ? one : T(0)) : (qc >= c.eps ? dqc_dp : T(0));
@@ -151,24 +185,24 @@ ASL_INLINE T neg_grad(T x, T y, const Consts<T>& c) {
     dl = y * dlp + ny * dln;
   }
   if (Focal) {
-    T total = dl * weight<T, Hard>(base, gamma, y, c);
-    if (!Detach) total = total + loss * (weight_slope<T, Hard>(base, gamma, y, c) * -(y + ny * dqc_dp));
+    T total = dl * weight<T, Pow>(base, gamma, y, c);
+    if (!Detach) total = total + loss * (weight_slope<T, Pow>(base, gamma, y, c) * -(y + ny * dqc_dp));
     dl = total;
   }
   return -(dl * ((one - p) * p));
 }
 
-template <typename T, bool Focal, bool Hard>
+template <typename T, bool Focal, int Pow>
 void forward_loop(const T* __restrict x, const T* __restrict y, T* __restrict out, int64_t n, const Consts<T> c) {
-  for (int64_t i = 0; i < n; ++i) out[i] = neg_loss<T, Focal, Hard>(x[i], y[i], c);
+  for (int64_t i = 0; i < n; ++i) out[i] = neg_loss<T, Focal, Pow>(x[i], y[i], c);
 }
 
-template <typename T, bool Focal, bool Detach, bool Hard, bool PerElement>
+template <typename T, bool Focal, bool Detach, int Pow, bool PerElement>
 void backward_loop(const T* __restrict x, const T* __restrict y, const T* __restrict gout, T gscale,
                    T* __restrict out, int64_t n, const Consts<T> c) {
   for (int64_t i = 0; i < n; ++i) {
     const T g = PerElement ? gout[i] : gscale;
-    out[i] = g * neg_grad<T, Focal, Detach, Hard>(x[i], y[i], c);
+    out[i] = g * neg_grad<T, Focal, Detach, Pow>(x[i], y[i], c);
   }
 }
 
@@ -187,13 +221,29 @@ bool hard_block(const T* __restrict y, int64_t n, const BlockParams& p) {
   return soft == 0;
 }
 
+// Calls fn(std::integral_constant<int, Pow>) with the power kind for this block (see kSoftPow).
+template <typename Fn>
+void with_pow_kind(bool hard, const BlockParams& p, Fn&& fn) {
+  if (!hard) return fn(std::integral_constant<int, kSoftPow>{});
+  const int gp = static_cast<int>(p.gamma_pos), gn = static_cast<int>(p.gamma_neg);
+  if (gp == 0 && gn == 4) return fn(std::integral_constant<int, fixed_pow(0, 4)>{});  // training recipe
+  if (gp == 1 && gn == 4) return fn(std::integral_constant<int, fixed_pow(1, 4)>{});  // reference default
+  if (gp == 2 && gn == 2) return fn(std::integral_constant<int, fixed_pow(2, 2)>{});  // focal loss
+  if (gp == 1 && gn == 2) return fn(std::integral_constant<int, fixed_pow(1, 2)>{});
+  if (gp == 0 && gn == 2) return fn(std::integral_constant<int, fixed_pow(0, 2)>{});
+  return fn(std::integral_constant<int, kBitsPow>{});
+}
+
 template <typename T>
 void forward(const T* x, const T* y, T* out, int64_t n, const BlockParams& p) {
   const Consts<T> c = consts<T>(p);
   const bool hard = hard_block(y, n, p);
-  if (!p.focal) forward_loop<T, false, false>(x, y, out, n, c);
-  else if (hard) forward_loop<T, true, true>(x, y, out, n, c);
-  else forward_loop<T, true, false>(x, y, out, n, c);
+  if (!p.focal) {
+    if (hard) forward_loop<T, false, kBitsPow>(x, y, out, n, c);
+    else forward_loop<T, false, kSoftPow>(x, y, out, n, c);
+  } else {
+    with_pow_kind(hard, p, [&](auto kind) { forward_loop<T, true, decltype(kind)::value>(x, y, out, n, c); });
+  }
   if (p.ignore_unknown) zero_unknown(y, out, n);
 }
 
@@ -201,11 +251,16 @@ template <typename T, bool PerElement>
 void backward_modes(const T* x, const T* y, const T* gout, T gscale, T* out, int64_t n, const BlockParams& p) {
   const Consts<T> c = consts<T>(p);
   const bool hard = hard_block(y, n, p);
-  if (!p.focal) backward_loop<T, false, false, false, PerElement>(x, y, gout, gscale, out, n, c);
-  else if (p.detach && hard) backward_loop<T, true, true, true, PerElement>(x, y, gout, gscale, out, n, c);
-  else if (p.detach) backward_loop<T, true, true, false, PerElement>(x, y, gout, gscale, out, n, c);
-  else if (hard) backward_loop<T, true, false, true, PerElement>(x, y, gout, gscale, out, n, c);
-  else backward_loop<T, true, false, false, PerElement>(x, y, gout, gscale, out, n, c);
+  if (!p.focal) {
+    if (hard) backward_loop<T, false, false, kBitsPow, PerElement>(x, y, gout, gscale, out, n, c);
+    else backward_loop<T, false, false, kSoftPow, PerElement>(x, y, gout, gscale, out, n, c);
+    return;
+  }
+  with_pow_kind(hard, p, [&](auto kind) {
+    constexpr int Pow = decltype(kind)::value;
+    if (p.detach) backward_loop<T, true, true, Pow, PerElement>(x, y, gout, gscale, out, n, c);
+    else backward_loop<T, true, false, Pow, PerElement>(x, y, gout, gscale, out, n, c);
+  });
 }
 
 template <typename T>
