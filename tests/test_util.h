@@ -3,6 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -38,6 +41,33 @@ inline nlohmann::json load_json(const std::filesystem::path& path) {
 inline torch::Tensor fixture_npy(const std::string& sub, const std::string& file) {
   return asl::io::load_npy((fixtures_dir() / sub / file).string());
 }
+
+/// A fresh temporary folder, removed with everything in it when the object goes away.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag = "asl_test") {
+    static std::atomic<int> counter{0};
+    path_ = std::filesystem::temp_directory_path() /
+            (tag + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  /// Writes `bytes` to path()/name and returns that path.
+  std::filesystem::path write(const std::string& name, const std::string& bytes) const {
+    const std::filesystem::path p = path_ / name;
+    std::ofstream(p, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    return p;
+  }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
 
 /// Asserts |actual - expected| <= atol + rtol * |expected| elementwise, reporting the worst element.
 inline ::testing::AssertionResult all_close(const torch::Tensor& actual, const torch::Tensor& expected, double atol,

@@ -54,23 +54,6 @@ std::string error_after(const std::function<void(json&)>& edit) {
   return ::testing::AssertionSuccess();
 }
 
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ =
-        fs::temp_directory_path() / ("asl_coco_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 }  // namespace
 
@@ -148,7 +131,7 @@ TEST(Coco, AreaBucketsAndClassIndexByCategoryPosition) {
 }
 
 TEST(Coco, ReferenceLayout) {
-  TempDir tmp;
+  asl::test::TempDir tmp;
   std::string msg = error_of([&] { asl::data::coco_reference_layout(tmp.path().string()); });
   EXPECT_TRUE(mentions(msg, {(tmp.path() / "annotations" / "instances_val2014.json").string()}));
   fs::create_directories(tmp.path() / "annotations");

@@ -57,28 +57,6 @@ torch::Tensor as_tensor(const Image& img) {
 }
 
 // A fresh temporary folder per test, removed at the end.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ =
-        fs::temp_directory_path() / ("asl_image_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  fs::path write(const std::string& name, const std::string& bytes) const {
-    const fs::path p = path_ / name;
-    std::ofstream(p, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    return p;
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 // Every (key, size, filter) resize fixture of a case: keys torchvision_resize_S and pil_default_resize_S.
 struct ResizeFixture {
@@ -267,7 +245,7 @@ TEST(ImageLimits, PixelLimitIsCheckedOnTheHeader) {
 TEST(ImageLimits, HugeHeaderIsRefusedBeforeDecoding) {
   // Headers that claim more than the default 100 MP, followed by no image data: the limit must be what
   // is reported (a decoder would fail differently, or try to allocate gigabytes).
-  TempDir tmp;
+  asl::test::TempDir tmp;
   std::string png("\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR", 16);
   png += std::string("\x00\x00\x27\x11\x00\x00\x27\x10\x08\x02\x00\x00\x00", 13);  // 10001 x 10000, RGB
   const fs::path png_path = tmp.write("huge.png", png);
@@ -304,7 +282,7 @@ TEST(ImageLimits, HugeHeaderIsRefusedBeforeDecoding) {
 }
 
 TEST(ImageErrors, TruncatedFilesAreErrorsNamingThem) {
-  TempDir tmp;
+  asl::test::TempDir tmp;
   for (const auto& c : cases()) {
     const std::string file = c.at("image");
     const std::string bytes = bytes_of(images_dir() / file);
@@ -323,7 +301,7 @@ TEST(ImageErrors, TruncatedFilesAreErrorsNamingThem) {
 }
 
 TEST(ImageErrors, NonImagesAndMissingFilesAreErrorsNamingThem) {
-  TempDir tmp;
+  asl::test::TempDir tmp;
   const std::vector<std::pair<std::string, std::string>> files = {
       {"text.jpg", "this is not an image\n"},
       {"empty.png", ""},
