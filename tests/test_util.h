@@ -42,6 +42,17 @@ inline torch::Tensor fixture_npy(const std::string& sub, const std::string& file
   return asl::io::load_npy((fixtures_dir() / sub / file).string());
 }
 
+/// The message of the std::runtime_error that `f()` throws, or "<no error>".
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::runtime_error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
 /// A fresh temporary folder, removed with everything in it when the object goes away.
 class TempDir {
  public:

@@ -30,21 +30,11 @@ const json& annotations() {
 
 std::string annotations_path() { return (coco_dir() / "annotations.json").string(); }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::runtime_error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-
 // Parses the fixture annotations after `edit`, and returns the error message.
 std::string error_after(const std::function<void(json&)>& edit) {
   json doc = annotations();
   edit(doc);
-  return error_of([&] { asl::data::parse_coco(doc.dump(), "edited.json", coco_dir().string()); });
+  return asl::test::error_of([&] { asl::data::parse_coco(doc.dump(), "edited.json", coco_dir().string()); });
 }
 
 ::testing::AssertionResult mentions(const std::string& msg, const std::vector<std::string>& parts) {
@@ -132,11 +122,11 @@ TEST(Coco, AreaBucketsAndClassIndexByCategoryPosition) {
 
 TEST(Coco, ReferenceLayout) {
   asl::test::TempDir tmp;
-  std::string msg = error_of([&] { asl::data::coco_reference_layout(tmp.path().string()); });
+  std::string msg = asl::test::error_of([&] { asl::data::coco_reference_layout(tmp.path().string()); });
   EXPECT_TRUE(mentions(msg, {(tmp.path() / "annotations" / "instances_val2014.json").string()}));
   fs::create_directories(tmp.path() / "annotations");
   fs::copy_file(annotations_path(), tmp.path() / "annotations" / "instances_val2014.json");
-  msg = error_of([&] { asl::data::coco_reference_layout(tmp.path().string()); });
+  msg = asl::test::error_of([&] { asl::data::coco_reference_layout(tmp.path().string()); });
   EXPECT_TRUE(mentions(msg, {(tmp.path() / "val2014").string()}));
   fs::create_directories(tmp.path() / "val2014");
   const auto paths = asl::data::coco_reference_layout(tmp.path().string());
@@ -201,8 +191,8 @@ TEST(CocoErrors, FileNamesThatLeaveTheImageFolder) {
 
 TEST(CocoErrors, MalformedJsonAndMissingFile) {
   const std::string text = annotations().dump();
-  EXPECT_TRUE(mentions(error_of([&] { asl::data::parse_coco(text.substr(0, text.size() / 2), "cut.json", "."); }),
+  EXPECT_TRUE(mentions(asl::test::error_of([&] { asl::data::parse_coco(text.substr(0, text.size() / 2), "cut.json", "."); }),
                        {"cut.json", "malformed JSON"}));
-  EXPECT_TRUE(mentions(error_of([&] { asl::data::load_coco("/nonexistent/instances.json", "."); }),
+  EXPECT_TRUE(mentions(asl::test::error_of([&] { asl::data::load_coco("/nonexistent/instances.json", "."); }),
                        {"/nonexistent/instances.json"}));
 }

@@ -99,16 +99,6 @@ cv::Mat first_case_bgr() {
   return bgr;
 }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::runtime_error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-
 }  // namespace
 
 TEST(ImageFixtures, CasesArePresent) {
@@ -236,7 +226,7 @@ TEST(ImageLimits, PixelLimitIsCheckedOnTheHeader) {
     EXPECT_NO_THROW(asl::data::load_image(path, at_limit)) << path;
     DecodeOptions below;
     below.max_pixels = pixels - 1;
-    const std::string msg = error_of([&] { asl::data::load_image(path, below); });
+    const std::string msg = asl::test::error_of([&] { asl::data::load_image(path, below); });
     EXPECT_NE(msg.find(path), std::string::npos) << msg;
     EXPECT_NE(msg.find("over the limit"), std::string::npos) << msg;
   }
@@ -249,7 +239,7 @@ TEST(ImageLimits, HugeHeaderIsRefusedBeforeDecoding) {
   std::string png("\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR", 16);
   png += std::string("\x00\x00\x27\x11\x00\x00\x27\x10\x08\x02\x00\x00\x00", 13);  // 10001 x 10000, RGB
   const fs::path png_path = tmp.write("huge.png", png);
-  std::string msg = error_of([&] { asl::data::load_image(png_path.string()); });
+  std::string msg = asl::test::error_of([&] { asl::data::load_image(png_path.string()); });
   EXPECT_NE(msg.find(png_path.string()), std::string::npos) << msg;
   EXPECT_NE(msg.find("over the limit of 100000000"), std::string::npos) << msg;
 
@@ -272,7 +262,7 @@ TEST(ImageLimits, HugeHeaderIsRefusedBeforeDecoding) {
     bytes[sof + 5] = bytes[sof + 7] = static_cast<char>(0x4E);  // 0x4E20 = 20000
     bytes[sof + 6] = bytes[sof + 8] = static_cast<char>(0x20);
     const fs::path p = tmp.write("huge_" + file, bytes);
-    msg = error_of([&] { asl::data::load_image(p.string()); });
+    msg = asl::test::error_of([&] { asl::data::load_image(p.string()); });
     EXPECT_NE(msg.find("20000x20000"), std::string::npos) << msg;
     EXPECT_NE(msg.find("over the limit"), std::string::npos) << msg;
     const auto header = asl::data::read_image_header(bytes, p.string());
@@ -290,12 +280,12 @@ TEST(ImageErrors, TruncatedFilesAreErrorsNamingThem) {
       const std::string name = "cut" + std::to_string(static_cast<int>(keep * 100)) + "_" + file;
       const fs::path p =
           tmp.write(name, bytes.substr(0, static_cast<size_t>(keep * static_cast<double>(bytes.size()))));
-      const std::string msg = error_of([&] { asl::data::load_image(p.string()); });
+      const std::string msg = asl::test::error_of([&] { asl::data::load_image(p.string()); });
       EXPECT_NE(msg.find(p.string()), std::string::npos) << name << ": " << msg;
     }
     // Cut inside the header.
     const fs::path head = tmp.write("head_" + file, bytes.substr(0, 20));
-    const std::string msg = error_of([&] { asl::data::load_image(head.string()); });
+    const std::string msg = asl::test::error_of([&] { asl::data::load_image(head.string()); });
     EXPECT_NE(msg.find(head.string()), std::string::npos) << msg;
   }
 }
@@ -312,11 +302,11 @@ TEST(ImageErrors, NonImagesAndMissingFilesAreErrorsNamingThem) {
   };
   for (const auto& [name, bytes] : files) {
     const fs::path p = tmp.write(name, bytes);
-    const std::string msg = error_of([&] { asl::data::load_image(p.string()); });
+    const std::string msg = asl::test::error_of([&] { asl::data::load_image(p.string()); });
     EXPECT_NE(msg.find(p.string()), std::string::npos) << name << ": " << msg;
   }
   const std::string missing = (tmp.path() / "no_such_file.jpg").string();
-  const std::string msg = error_of([&] { asl::data::load_image(missing); });
+  const std::string msg = asl::test::error_of([&] { asl::data::load_image(missing); });
   EXPECT_NE(msg.find(missing), std::string::npos) << msg;
 }
 
