@@ -1,6 +1,9 @@
 // Metrics against fixtures/metrics: per-class AP (both definitions), mAP, and the threshold metrics.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
+#include "asl/io/npy.h"
 #include "asl/metrics/map.h"
 #include "test_util.h"
 
@@ -54,6 +57,24 @@ TEST(MetricsFixtures, EveryCase) {
     }
     EXPECT_GT(checked, 0) << "case has nothing to check";
   }
+}
+
+// Heavily tied scores (2 to 2^24 levels, constant, sorted and reverse-sorted columns) against the AP
+// NumPy 1.24 gives with the reference's argsort()[::-1] ranking (scripts/make_map_ties_fixture.py).
+TEST(Metrics, ReferenceTieOrderMatchesNumPy) {
+  const std::filesystem::path dir = std::filesystem::path(ASL_SOURCE_DIR) / "tests" / "fixtures";
+  const torch::Tensor scores = asl::io::load_npy((dir / "map_ties_scores.npy").string());
+  const torch::Tensor targets = asl::io::load_npy((dir / "map_ties_targets.npy").string());
+  const torch::Tensor expected = asl::io::load_npy((dir / "map_ties_ap.npy").string());
+  ASSERT_EQ(scores.size(1), expected.size(0));
+  const torch::Tensor ap = asl::metrics::average_precision(scores, targets, ApDefinition::Reference);
+  for (int64_t k = 0; k < ap.size(0); ++k) {
+    SCOPED_TRACE("class " + std::to_string(k));
+    EXPECT_TRUE(close(ap[k].item<double>(), expected[k].item<double>()));
+  }
+  // Column order and a strided view change nothing: each class is ranked on its own.
+  const torch::Tensor flipped = average_precision(scores.flip(1), targets.flip(1), ApDefinition::Reference).flip(0);
+  EXPECT_TRUE(torch::equal(flipped, ap));
 }
 
 TEST(Metrics, HandComputedAndEdgeCases) {
