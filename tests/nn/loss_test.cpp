@@ -5,7 +5,11 @@
 #include <cmath>
 #include <algorithm>
 #include <limits>
+#include <mutex>
+#include <set>
 #include <vector>
+
+#include <ATen/Parallel.h>
 
 #include "asl/nn/loss.h"
 #include "nn/cpu/asl_loss_blocks.h"
@@ -422,6 +426,25 @@ TEST(AsymmetricLossKernels, EveryInstructionSetAgreesWithComposite) {
       }
     }
   }
+}
+
+}  // namespace
+
+namespace {
+
+// at::parallel_for is a header template around '#pragma omp parallel': code built without -fopenmp
+// compiles it to a serial loop without a word. The fused kernel and the metrics rely on it.
+TEST(Build, ParallelForRunsOnSeveralThreads) {
+  const int before = at::get_num_threads();
+  at::set_num_threads(2);
+  std::mutex mutex;
+  std::set<int> threads;
+  at::parallel_for(0, 2, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> lock(mutex);
+    threads.insert(at::get_thread_num());
+  });
+  at::set_num_threads(before);
+  EXPECT_EQ(threads.size(), 2u);
 }
 
 }  // namespace

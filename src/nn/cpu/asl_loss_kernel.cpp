@@ -28,7 +28,7 @@ const BlockKernels& block_kernels() {
 namespace {
 
 constexpr int64_t kBlock = 1024;       // elements per deterministic partial sum
-constexpr int64_t kParallelGrain = 4;  // blocks: below 4k elements one thread is faster
+constexpr int64_t kParallelGrain = 32;  // blocks: below 32k elements one thread is faster
 
 BlockParams block_params(const AslParams& p) {
   BlockParams b;
