@@ -12,6 +12,7 @@ FusedTResNetImpl::FusedTResNetImpl(TResNetOptions model_options_, FuseOptions op
 }
 
 void FusedTResNetImpl::reset() {
+  pack_once_ = std::make_shared<std::once_flag>();  // new parameters (construction, clone): pack again
   TORCH_CHECK(options.dtype() == torch::kFloat32 || options.dtype() == torch::kBFloat16,
               "FusedTResNet: dtype must be float32 or bfloat16, got ", c10::toString(options.dtype()));
   model = register_module("model", TResNet(TResNetOptions(model_options).fused(true)));
@@ -32,10 +33,24 @@ void FusedTResNetImpl::pretty_print(std::ostream& stream) const {
 }
 
 torch::Tensor FusedTResNetImpl::forward(const torch::Tensor& input) {
+  if (options.prepack()) ensure_packed();
   c10::InferenceMode guard;
   auto x = input.to(options.dtype());
   if (options.channels_last()) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
   return model->forward(x).to(torch::kFloat32);
+}
+
+void FusedTResNetImpl::prepack() {
+  for (const auto& module : model->modules(false)) {
+    if (auto* conv = module->as<asl::nn::ConvNormAct>()) {
+      // The layout hint: a mid-network size; any input size runs correctly.
+      conv->pack({1, conv->options.in_channels(), 28, 28});
+    }
+  }
+}
+
+void FusedTResNetImpl::ensure_packed() {
+  std::call_once(*pack_once_, [this] { prepack(); });
 }
 
 FusedTResNet fuse_for_inference(const TResNet& model, const FuseOptions& options) {
@@ -65,6 +80,7 @@ FusedTResNet fuse_for_inference(const TResNet& model, const FuseOptions& options
     target->conv->weight.copy_(folded.first);
     target->conv->bias.copy_(folded.second);
   }
+  if (options.prepack()) fused->ensure_packed();
   return fused;
 }
 

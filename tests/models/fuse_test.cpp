@@ -12,6 +12,7 @@
 #include "asl/models/fuse.h"
 #include "asl/models/registry.h"
 #include "asl/models/tresnet.h"
+#include "asl/nn/packed_conv.h"
 #include "test_util.h"
 
 namespace {
@@ -183,6 +184,60 @@ TEST(FuseForInference, FixtureModelsMatchUnfused) {
     const auto expected = asl::test::fixture_npy("tresnet", entry.at("eval_logits"));
     EXPECT_TRUE(close_to_scale(asl::models::fuse_for_inference(model)->forward(input), expected, kFusedRtol));
   }
+}
+
+TEST(PackedConv2d, MatchesConv2dForStridesGroupsSizesAndDtypes) {
+  if (!asl::nn::PackedConv2d::available()) GTEST_SKIP() << "this LibTorch has no mkldnn_prepacked ops";
+  torch::manual_seed(3);
+  struct Case {
+    int64_t in, out, kernel, stride, groups, size;
+  };
+  for (const Case& c : {Case{8, 16, 3, 1, 1, 12}, Case{16, 8, 1, 1, 1, 9}, Case{8, 24, 3, 2, 1, 15},
+                        Case{16, 16, 3, 2, 16, 10}, Case{48, 32, 3, 1, 1, 7}}) {
+    for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+      SCOPED_TRACE(std::to_string(c.in) + "->" + std::to_string(c.out) + " k" + std::to_string(c.kernel) + " s" +
+                   std::to_string(c.stride) + " g" + std::to_string(c.groups) + " " + c10::toString(dtype));
+      const auto weight = torch::randn({c.out, c.in / c.groups, c.kernel, c.kernel}).to(dtype);
+      const auto bias = torch::randn({c.out}).to(dtype);
+      const asl::nn::PackedConv2d packed(weight, bias, {c.stride, c.stride}, {c.kernel / 2, c.kernel / 2}, {1, 1},
+                                         c.groups, {1, c.in, 28, 28});
+      // Any input size and batch, whatever size guided the packing.
+      for (const int64_t batch : {1, 3}) {
+        for (const int64_t size : {c.size, 2 * c.size + 1}) {
+          const auto x =
+              torch::randn({batch, c.in, size, size}).to(dtype).contiguous(torch::MemoryFormat::ChannelsLast);
+          c10::InferenceMode guard;
+          const auto expected = torch::conv2d(x.to(torch::kFloat64), weight.to(torch::kFloat64),
+                                              bias.to(torch::kFloat64), c.stride, c.kernel / 2, 1, c.groups);
+          const auto actual = packed(x);
+          ASSERT_EQ(actual.sizes(), expected.sizes());
+          EXPECT_EQ(actual.scalar_type(), dtype);
+          EXPECT_TRUE(actual.is_contiguous(torch::MemoryFormat::ChannelsLast));
+          // float32: summation order only; bfloat16: the output is rounded to 8 bits of mantissa.
+          const double tol = dtype == torch::kFloat32 ? 1e-5 : 1e-2;
+          EXPECT_TRUE(close_to_scale(actual.to(torch::kFloat64), expected, tol));
+        }
+      }
+    }
+  }
+  EXPECT_THROW(asl::nn::PackedConv2d(torch::randn({4, 4, 3, 3}, torch::kFloat64), torch::Tensor(), {1, 1}, {1, 1},
+                                     {1, 1}, 1, {1, 4, 8, 8}),
+               c10::Error);
+}
+
+TEST(FuseForInference, PrepackedAndPlainConvsAgree) {
+  TResNet model(asl::models::model_options("tresnet_m", 80));
+  randomise_norms(model, 9);
+  model->eval();
+  auto plain = asl::models::fuse_for_inference(model, asl::models::FuseOptions().prepack(false));
+  auto packed = asl::models::fuse_for_inference(model);
+  int packed_convs = 0;
+  for (const auto& m : packed->modules(false)) {
+    if (auto* conv = m->as<asl::nn::ConvNormAct>()) packed_convs += conv->packed();
+  }
+  if (asl::nn::PackedConv2d::available()) EXPECT_GT(packed_convs, 0);
+  const auto x = torch::randn({2, 3, 96, 96});
+  EXPECT_TRUE(close_to_scale(packed->forward(x), plain->forward(x), 1e-5));
 }
 
 TEST(FuseForInference, StructureAndErrors) {

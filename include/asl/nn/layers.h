@@ -2,9 +2,11 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <ostream>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
@@ -13,6 +15,8 @@
 #include <torch/types.h>
 
 namespace asl::nn {
+
+class PackedConv2d;
 
 /// The activation fused into an ActivatedBatchNorm (the reference's InPlaceABN choices).
 enum class Activation { Identity, LeakyReLU, ELU };
@@ -132,6 +136,8 @@ class SqueezeExciteImpl : public torch::nn::Cloneable<SqueezeExciteImpl> {
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   torch::Tensor forward(const torch::Tensor& input);
+  /// The per-channel gate sigmoid(fc2(relu(fc1(mean(input))))), N x C x 1 x 1: forward is input * gate.
+  torch::Tensor gate(const torch::Tensor& input);
   SqueezeExciteOptions options;
   torch::nn::Conv2d fc1{nullptr};
   torch::nn::Conv2d fc2{nullptr};
@@ -167,9 +173,19 @@ class ConvNormActImpl : public torch::nn::Cloneable<ConvNormActImpl> {
   /// Folds the norm (running statistics, |weight| + eps) into the conv weight and a new conv bias and
   /// switches to the fused form. Throws if already fused.
   void fuse();
+  /// Fused form only: from now on the conv runs oneDNN's prepacked convolution with a copy of the
+  /// current weight and bias (reordered once; input_size only guides the layout choice). Later
+  /// changes to conv's parameters are not seen until pack() or unpack() is called again. A no-op
+  /// where LibTorch lacks the prepacked op or the weight is not a float32/bfloat16 CPU tensor.
+  void pack(std::vector<int64_t> input_size);
+  void unpack();
+  bool packed() const { return packed_ != nullptr; }
   ConvNormActOptions options;
   torch::nn::Conv2d conv{nullptr};
   ActivatedBatchNorm norm{nullptr};
+
+ private:
+  std::shared_ptr<const PackedConv2d> packed_;
 };
 TORCH_MODULE(ConvNormAct);
 
