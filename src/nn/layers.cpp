@@ -81,10 +81,14 @@ torch::Tensor blur_pool(const torch::Tensor& input, int64_t stride) {
   const bool channels_last = input.suggest_memory_format() == torch::MemoryFormat::ChannelsLast;
   if ((input.scalar_type() == torch::kFloat || input.scalar_type() == torch::kDouble) && !channels_last) {
     padded = torch::nn::functional::pad(input, torch::nn::functional::PadFuncOptions({1, 1, 1, 1}).mode(torch::kReflect));
+  } else if (input.scalar_type() != torch::kFloat) {
+    // LibTorch 1.13's CPU reflection_pad2d has no bfloat16/half kernel: the same padding by concatenation.
+    const int64_t h = input.size(2), w = input.size(3);
+    auto x = torch::cat({input.narrow(2, 1, 1), input, input.narrow(2, h - 2, 1)}, 2);
+    padded = torch::cat({x.narrow(3, 1, 1), x, x.narrow(3, w - 2, 1)}, 3);
   } else {
-    // LibTorch 1.13's CPU reflection_pad2d has no bfloat16/half kernel and returns NCHW for a channels-last
-    // input (which would then switch the rest of the block back to NCHW), and its cat along H or W of
-    // channels-last float32 is ~50x slower than a copy: the same padding by copies into the layout.
+    // Channels-last float32: reflection_pad2d would return NCHW (switching the rest of the block back to
+    // NCHW), and cat along H or W is ~50x slower here than copies into a padded tensor of the same layout.
     const int64_t n = input.size(0), h = input.size(2), w = input.size(3);
     padded = torch::empty({n, c, h + 2, w + 2}, input.options().memory_format(input.suggest_memory_format()));
     padded.narrow(2, 1, h).narrow(3, 1, w).copy_(input);

@@ -448,3 +448,45 @@ TEST(Build, ParallelForRunsOnSeveralThreads) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(AsymmetricLossOptimized, AutogradGraphBehavesLikeBuiltInOps) {
+  torch::manual_seed(5);
+  const torch::Tensor x0 = torch::randn({6, 9}) * 2;
+  const torch::Tensor y = (torch::rand({6, 9}) < 0.3).to(torch::kFloat32);
+  const auto o = asl::nn::AsymmetricLossOptions().gamma_neg(4).gamma_pos(1).clip(0.05);
+  // retain_graph: a second backward accumulates the same gradient again.
+  torch::Tensor x = x0.clone().requires_grad_(true);
+  torch::Tensor loss = asl::nn::functional::asymmetric_loss_optimized(x, y, o);
+  EXPECT_EQ(loss.grad_fn()->name(), "AslFusedBackward");
+  loss.backward({}, /*retain_graph=*/true);
+  const torch::Tensor once = x.grad().clone();
+  loss.backward();
+  EXPECT_TRUE(torch::allclose(x.grad(), 2 * once, 1e-6, 1e-7));
+  // Without it, the saved inputs are released and a second backward is a clear error.
+  torch::Tensor x2 = x0.clone().requires_grad_(true);
+  torch::Tensor loss2 = asl::nn::functional::asymmetric_loss_optimized(x2 * 1.0, y, o);
+  loss2.backward();
+  EXPECT_THROW(loss2.backward(), c10::Error);
+  // Logits changed in place after the forward: autograd refuses, as for its own ops.
+  torch::Tensor x3 = x0.clone().requires_grad_(true);
+  torch::Tensor z = x3 * 1.0;
+  torch::Tensor loss3 = asl::nn::functional::asymmetric_loss_optimized(z, y, o);
+  {
+    torch::NoGradGuard no_grad;
+    z.add_(1.0);
+  }
+  EXPECT_THROW(loss3.backward(), c10::Error);
+  // Targets that require grad get none; the logits' gradient is unchanged.
+  torch::Tensor x4 = x0.clone().requires_grad_(true);
+  torch::Tensor y4 = y.clone().requires_grad_(true);
+  asl::nn::functional::asymmetric_loss_optimized(x4, y4, o).backward();
+  EXPECT_FALSE(y4.grad().defined());
+  EXPECT_TRUE(torch::allclose(x4.grad(), once, 1e-6, 1e-7));
+  // No graph when grad mode is off.
+  torch::NoGradGuard no_grad;
+  EXPECT_FALSE(asl::nn::functional::asymmetric_loss_optimized(x, y, o).requires_grad());
+}
+
+}  // namespace

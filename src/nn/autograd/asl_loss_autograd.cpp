@@ -1,6 +1,8 @@
 #include "asl_loss_autograd.h"
 
-#include <torch/autograd.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 
 #include "../cpu/asl_loss_kernel.h"
 
@@ -18,49 +20,57 @@ cpu::AslParams to_params(const AsymmetricLossOptions& o) {
   return p;
 }
 
-class AslFusedFunction : public torch::autograd::Function<AslFusedFunction> {
- public:
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& logits,
-                               const torch::Tensor& targets, const AsymmetricLossOptions& options) {
-    const cpu::AslParams p = to_params(options);
-    const Reduction reduction = options.reduction();
-    cpu::AslForward f = cpu::asl_forward_cpu(logits, targets, p, reduction == Reduction::None);
-    double scale = 1.0;
-    if (reduction == Reduction::Mean) {
-      scale = 1.0 / static_cast<double>(f.count);  // 0 counted labels: inf * 0 = NaN, as torch's mean of nothing
-      f.loss = f.loss * scale;
+// The backward node, written directly against autograd's Node (rather than torch::autograd::Function,
+// whose context keeps parameters in a string-keyed map): at COCO size the loss costs microseconds, so
+// the bookkeeping around the two kernel passes is a visible share of it.
+struct AslFusedBackward : public torch::autograd::Node {
+  torch::autograd::SavedVariable logits, targets;
+  cpu::AslParams params;
+  double scale = 1.0;
+
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    torch::Tensor grad;
+    if (grads[0].defined() && task_should_compute_output(0)) {
+      grad = cpu::asl_backward_cpu(grads[0], logits.unpack(), targets.unpack(), params, scale);
     }
-    ctx->save_for_backward({logits, targets});
-    ctx->saved_data["gamma_neg"] = p.gamma_neg;
-    ctx->saved_data["gamma_pos"] = p.gamma_pos;
-    ctx->saved_data["clip"] = p.clip;
-    ctx->saved_data["eps"] = p.eps;
-    ctx->saved_data["detach"] = p.detach_weight;
-    ctx->saved_data["ignore"] = p.ignore_unknown;
-    ctx->saved_data["scale"] = scale;
-    return f.loss;
+    return {grad};
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
-    cpu::AslParams p;
-    p.gamma_neg = ctx->saved_data["gamma_neg"].toDouble();
-    p.gamma_pos = ctx->saved_data["gamma_pos"].toDouble();
-    p.clip = ctx->saved_data["clip"].toDouble();
-    p.eps = ctx->saved_data["eps"].toDouble();
-    p.detach_weight = ctx->saved_data["detach"].toBool();
-    p.ignore_unknown = ctx->saved_data["ignore"].toBool();
-    const double scale = ctx->saved_data["scale"].toDouble();
-    torch::Tensor grad = cpu::asl_backward_cpu(grad_outputs[0], saved[0], saved[1], p, scale);
-    return {grad, torch::Tensor(), torch::Tensor()};
+  std::string name() const override { return "AslFusedBackward"; }
+
+  void release_variables() override {
+    logits.reset_data();
+    targets.reset_data();
   }
 };
 
 }  // namespace
 
 torch::Tensor asl_fused(const torch::Tensor& logits, const torch::Tensor& targets, const AsymmetricLossOptions& options) {
-  return AslFusedFunction::apply(logits, targets, options);
+  const cpu::AslParams p = to_params(options);
+  const Reduction reduction = options.reduction();
+  const bool track = torch::autograd::compute_requires_grad(logits);
+  torch::Tensor loss;
+  double scale = 1.0;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // the result gets its history below
+    cpu::AslForward f = cpu::asl_forward_cpu(logits, targets, p, reduction == Reduction::None);
+    if (reduction == Reduction::Mean) {
+      scale = 1.0 / static_cast<double>(f.count);  // 0 counted labels: inf * 0 = NaN, as torch's mean of nothing
+      f.loss.mul_(scale);
+    }
+    loss = std::move(f.loss);
+  }
+  if (track) {
+    auto node = std::shared_ptr<AslFusedBackward>(new AslFusedBackward(), torch::autograd::deleteNode);
+    node->set_next_edges(torch::autograd::collect_next_edges(logits));
+    node->logits = torch::autograd::SavedVariable(logits, /*is_output=*/false);
+    node->targets = torch::autograd::SavedVariable(targets, /*is_output=*/false);
+    node->params = p;
+    node->scale = scale;
+    torch::autograd::set_history(loss, node);
+  }
+  return loss;
 }
 
 }  // namespace asl::nn::autograd
