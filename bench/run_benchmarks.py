@@ -20,11 +20,16 @@ def run_json(cmd):
 
 
 def google_benchmark(binary, min_time, extra=()):
-    data = run_json([binary, "--benchmark_format=json", f"--benchmark_min_time={min_time}", *extra])
+    # Medians of 5 repetitions: the Python baselines report medians too, and a median is not pulled by the
+    # occasional slow stretch of a shared machine.
+    data = run_json([binary, "--benchmark_format=json", f"--benchmark_min_time={min_time}",
+                     "--benchmark_repetitions=5", "--benchmark_report_aggregates_only=true", *extra])
     times = {}
     for b in data["benchmarks"]:
+        if b.get("aggregate_name") != "median":
+            continue
         scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b["time_unit"]]
-        times[b["name"].replace("/real_time", "")] = b["real_time"] * scale
+        times[b["run_name"].replace("/real_time", "")] = b["real_time"] * scale
     return data.get("context", {}), times
 
 
@@ -68,7 +73,7 @@ def metrics_rows(build, baseline_dir, min_time):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
-    ap.add_argument("--min-time", type=float, default=0.5)
+    ap.add_argument("--min-time", type=float, default=0.3)
     ap.add_argument("--baseline-dir", default=os.path.join(HERE, "..", "..", "shared", "bench"))
     a = ap.parse_args()
     if not os.path.isdir(a.baseline_dir):
