@@ -46,8 +46,10 @@ torch::nn::Sequential make_downsample(const TResNetBlockOptions& o, int64_t out_
   return seq;
 }
 
-// The end of a fused (inference-only) basic block, in place on the fresh conv output: channels-last
+// Fused blocks without autograd (inference) finish in place on their fresh conv outputs: channels-last
 // out-of-place products and sums are several times slower in LibTorch 1.13 than the in-place forms.
+bool in_place(const TResNetBlockOptions& o) { return o.fused() && !torch::GradMode::is_enabled(); }
+
 torch::Tensor fused_tail(torch::Tensor& out, SqueezeExcite& se, const torch::Tensor& residual) {
   if (se) out.mul_(se->gate(out));
   return out.add_(residual).relu_();
@@ -96,7 +98,7 @@ torch::Tensor BasicBlockImpl::forward(const torch::Tensor& input) {
   const auto residual = downsample ? downsample->forward(input) : input;
   auto out = conv1.forward<torch::Tensor>(input);
   out = conv2->forward(out);
-  if (options.fused()) return fused_tail(out, se, residual);
+  if (in_place(options)) return fused_tail(out, se, residual);
   if (se) out = se->forward(out);
   return (out + residual).relu_();
 }
@@ -124,9 +126,9 @@ torch::Tensor BottleneckImpl::forward(const torch::Tensor& input) {
   const auto residual = downsample ? downsample->forward(input) : input;
   auto out = conv1->forward(input);
   out = conv2.forward<torch::Tensor>(out);
-  if (se) out = options.fused() ? out.mul_(se->gate(out)) : se->forward(out);
+  if (se) out = in_place(options) ? out.mul_(se->gate(out)) : se->forward(out);
   out = conv3->forward(out);
-  if (options.fused()) return out.add_(residual).relu_();
+  if (in_place(options)) return out.add_(residual).relu_();
   return (out + residual).relu_();
 }
 

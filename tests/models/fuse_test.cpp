@@ -240,6 +240,21 @@ TEST(FuseForInference, PrepackedAndPlainConvsAgree) {
   EXPECT_TRUE(close_to_scale(packed->forward(x), plain->forward(x), 1e-5));
 }
 
+TEST(FuseForInference, FusedBlocksStillDifferentiateInGradMode) {
+  // Fused blocks finish in place only without autograd; with it they keep the out-of-place graph.
+  TResNet model(TResNetOptions(small_options()).fused(true));
+  const auto x = torch::randn({2, 3, 64, 64}).requires_grad_(true);
+  model->forward(x).sum().backward();
+  ASSERT_TRUE(x.grad().defined());
+  EXPECT_TRUE(x.grad().isfinite().all().item<bool>());
+  torch::Tensor inference;
+  {
+    torch::NoGradGuard no_grad;
+    inference = model->forward(x.detach());
+  }
+  EXPECT_TRUE(close_to_scale(inference, model->forward(x.detach()).detach(), 1e-6));
+}
+
 TEST(FuseForInference, StructureAndErrors) {
   TResNet model(small_options());
   auto fused = asl::models::fuse_for_inference(model);
