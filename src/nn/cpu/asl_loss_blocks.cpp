@@ -234,32 +234,37 @@ ASL_INLINE T neg_grad(T p_in, T y, const Consts<T>& c) {
   return -(dl * ((one - p) * p));
 }
 
-template <typename T, bool Focal, int Pow>
-void forward_loop(const T* __restrict x, const T* __restrict y, T* __restrict out, int64_t n, const Consts<T> c) {
+// Calls fn(start, length, p) for consecutive chunks of [0, n), p = sigmoid(x) over the chunk.
+template <typename T, typename Fn>
+ASL_INLINE void for_sigmoid_chunks(const T* __restrict x, int64_t n, Fn&& fn) {
   T p[kChunk];
   for (int64_t s = 0; s < n; s += kChunk) {
     const int64_t len = n - s < kChunk ? n - s : kChunk;
     sigmoid_chunk(x + s, p, len);
+    fn(s, len, static_cast<const T*>(p));
+  }
+}
+
+template <typename T, bool Focal, int Pow>
+void forward_loop(const T* __restrict x, const T* __restrict y, T* __restrict out, int64_t n, const Consts<T> c) {
+  for_sigmoid_chunks(x, n, [&](int64_t s, int64_t len, const T* __restrict p) {
     const T* __restrict ys = y + s;
     T* __restrict os = out + s;
     for (int64_t i = 0; i < len; ++i) os[i] = neg_loss<T, Focal, Pow>(p[i], ys[i], c);
-  }
+  });
 }
 
 template <typename T, bool Focal, bool Detach, int Pow, bool PerElement>
 void backward_loop(const T* __restrict x, const T* __restrict y, const T* __restrict gout, T gscale,
                    T* __restrict out, int64_t n, const Consts<T> c) {
-  T p[kChunk];
-  for (int64_t s = 0; s < n; s += kChunk) {
-    const int64_t len = n - s < kChunk ? n - s : kChunk;
-    sigmoid_chunk(x + s, p, len);
+  for_sigmoid_chunks(x, n, [&](int64_t s, int64_t len, const T* __restrict p) {
     const T* __restrict ys = y + s;
     T* __restrict os = out + s;
     for (int64_t i = 0; i < len; ++i) {
       const T g = PerElement ? gout[s + i] : gscale;
       os[i] = g * neg_grad<T, Focal, Detach, Pow>(p[i], ys[i], c);
     }
-  }
+  });
 }
 
 // Unknown labels (target -1) contribute nothing; a separate pass keeps the main loops branch-free,
