@@ -69,16 +69,6 @@ void for_blocks(int64_t n, const Fn& fn) {
   });
 }
 
-// fn(start, length) once per thread over its contiguous share of [0, n), split at block boundaries.
-template <typename Fn>
-void for_ranges(int64_t n, const Fn& fn) {
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  at::parallel_for(0, blocks, kParallelGrain, [&](int64_t b0, int64_t b1) {
-    const int64_t start = b0 * kBlock;
-    fn(start, std::min(b1 * kBlock, n) - start);
-  });
-}
-
 template <typename T>
 int64_t count_known(const T* y, int64_t n) {
   int64_t k = 0;
@@ -97,7 +87,7 @@ AslForward forward_impl(const torch::Tensor& logits, const torch::Tensor& target
   if (per_element) {
     result.loss = torch::empty_like(logits);
     T* out = result.loss.data_ptr<T>();
-    for_ranges(n, [&](int64_t s, int64_t len) { forward_block(x + s, y + s, out + s, len, p); });
+    for_blocks(n, [&](int64_t, int64_t s, int64_t len) { forward_block(x + s, y + s, out + s, len, p); });
     return result;
   }
   std::vector<double> partial(static_cast<size_t>((n + kBlock - 1) / kBlock), 0.0);
@@ -142,8 +132,9 @@ torch::Tensor backward_impl(const torch::Tensor& grad_out, const torch::Tensor& 
     g_contig = grad_out.to(logits.scalar_type()).contiguous();
     gout = g_contig.data_ptr<T>();
   }
-  // Element-wise: each thread's whole range in one call (the per-call set-up is not repeated per block).
-  for_ranges(n, [&](int64_t s, int64_t len) {
+  // Per fixed block, like the forward: the hard/soft path is chosen per block, so results do not depend
+  // on how the blocks are split between threads.
+  for_blocks(n, [&](int64_t, int64_t s, int64_t len) {
     backward_block(x + s, y + s, gout != nullptr ? gout + s : nullptr, gscale, out + s, len, p);
   });
   return grad;
