@@ -285,6 +285,42 @@ TEST(AsymmetricLossAgreement, NonContiguousInputsAndSoftTargets) {
   }
 }
 
+// The fused kernel takes a faster path for chunks whose targets are all 0 or 1 (or -1 where unknown
+// labels are ignored), with integer focusing powers and eps >= FLT_MIN. Everything else must still
+// follow the formula: -1 targets when unknown labels are NOT ignored (y = -1 is then just a number), a
+// lone soft target among hard ones (one chunk of a block takes the general path), eps of 0 or below
+// FLT_MIN, and focusing powers of every kind.
+TEST(AsymmetricLossAgreement, TargetsAndParametersOutsideTheHardPath) {
+  torch::manual_seed(12);
+  const torch::Tensor x = torch::randn({3, 1000}, torch::kFloat64) * 4;  // 3 blocks of 1024, 12 chunks
+  torch::Tensor hard = (torch::rand({3, 1000}) < 0.1).to(torch::kFloat64);
+  torch::Tensor minus_one = hard.clone();
+  minus_one.view(-1).slice(0, 0, 3000, 7).fill_(-1);
+  torch::Tensor lone_soft = hard.clone();
+  lone_soft.view(-1)[1300] = 0.25;
+  lone_soft.view(-1)[2999] = 0.75;
+  struct Powers {
+    double gp, gn;
+  };
+  for (const auto& [name, y] : {std::pair<const char*, torch::Tensor>{"hard", hard}, {"minus one", minus_one},
+                               {"lone soft", lone_soft}}) {
+    for (Powers g : {Powers{0, 4}, Powers{1, 4}, Powers{2, 2}, Powers{3, 5}, Powers{0, 0}, Powers{1.5, 4}}) {
+      for (double eps : {1e-8, 0.0, 1e-40}) {
+        for (torch::Dtype dtype : {torch::kFloat64, torch::kFloat32}) {
+          const bool f64 = dtype == torch::kFloat64;
+          SCOPED_TRACE(c10::str(name, " gamma_pos=", g.gp, " gamma_neg=", g.gn, " eps=", eps, f64 ? " f64" : " f32"));
+          AsymmetricLossOptions o;
+          o.gamma_pos(g.gp).gamma_neg(g.gn).clip(0.05).eps(eps).disable_torch_grad_focal_loss(false);
+          const auto a = loss_and_grad(Impl::Composite, x.to(dtype), y.to(dtype), o);
+          const auto b = loss_and_grad(Impl::Fused, x.to(dtype), y.to(dtype), o);
+          EXPECT_TRUE(all_close(b.loss, a.loss, 0, f64 ? 1e-12 : kLossRtolF32));
+          EXPECT_TRUE(all_close(b.grad, a.grad, f64 ? 1e-14 : kAgreeGradAtolF32, f64 ? 1e-11 : kGradRtolF32));
+        }
+      }
+    }
+  }
+}
+
 TEST(AsymmetricLossOptimized, FiniteDifferenceGradientFloat64) {
   torch::manual_seed(5);
   // Logits kept away from the clip kink at sigmoid(x) = clip and from saturation.
@@ -417,12 +453,16 @@ TEST(AsymmetricLossKernels, EveryInstructionSetAgreesWithComposite) {
         k.backward_f64(x.data_ptr<double>(), y.data_ptr<double>(), nullptr, 1.0, grad64.data_ptr<double>(), n, p);
         EXPECT_TRUE(all_close(loss64, expected.detach(), 1e-14, 1e-12));
         EXPECT_TRUE(all_close(grad64, xr.grad(), 1e-14, 1e-11));
+        const double sum64 = k.forward_f64(x.data_ptr<double>(), y.data_ptr<double>(), nullptr, n, p);
+        EXPECT_TRUE(rel_close(sum64, expected.sum().item<double>(), 1e-12));
         const torch::Tensor xf = x.to(torch::kFloat32), yf = y.to(torch::kFloat32);
         torch::Tensor loss32 = torch::empty_like(xf), grad32 = torch::empty_like(xf);
         k.forward_f32(xf.data_ptr<float>(), yf.data_ptr<float>(), loss32.data_ptr<float>(), n, p);
         k.backward_f32(xf.data_ptr<float>(), yf.data_ptr<float>(), nullptr, 1.0f, grad32.data_ptr<float>(), n, p);
         EXPECT_TRUE(all_close(loss32, expected.detach(), 1e-6, kLossRtolF32));
         EXPECT_TRUE(all_close(grad32, xr.grad(), kAgreeGradAtolF32, kGradRtolF32));
+        const double sum32 = k.forward_f32(xf.data_ptr<float>(), yf.data_ptr<float>(), nullptr, n, p);
+        EXPECT_TRUE(rel_close(sum32, expected.sum().item<double>(), kLossRtolF32));
       }
     }
   }

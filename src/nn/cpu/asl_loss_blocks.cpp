@@ -4,6 +4,7 @@
 // glibc vector-math (libmvec) calls, accurate to 4 ulp.
 #include "asl_loss_blocks.h"
 
+#include <limits>
 #include <type_traits>
 
 #ifndef ASL_ISA
@@ -29,12 +30,10 @@ ASL_INLINE double vexp(double v) { return ::exp(v); }
 // Natural log of a float, vectorisable inline (glibc's AVX-512 logf costs several times its expf).
 // v = m * 2^e with m in [sqrt(1/2), sqrt(2)), then log(1 + f), f = m - 1, by a degree-9 polynomial
 // in f (Cephes' single-precision minimax coefficients; about 1 ulp) and e * log(2) in two parts.
-// Subnormals are scaled up first; 0, negatives, inf and NaN get log's special values.
-ASL_INLINE float vlog(float v) {
-  const bool tiny = v < 1.17549435e-38f;  // below FLT_MIN: subnormal, zero or negative
-  const float a = tiny ? v * 8388608.0f : v;  // * 2^23
-  const int32_t shifted = __builtin_bit_cast(int32_t, a) - 0x3f3504f3;  // bits of sqrt(1/2)
-  const float e = static_cast<float>((shifted >> 23) - (tiny ? 23 : 0));
+// log(v) - k log(2) for a normal, finite v > 0 (NaN passes through); vlog below adds the other cases.
+ASL_INLINE float vlog_normal(float v, int32_t k = 0) {
+  const int32_t shifted = __builtin_bit_cast(int32_t, v) - 0x3f3504f3;  // bits of sqrt(1/2)
+  const float e = static_cast<float>((shifted >> 23) - k);
   const float f = __builtin_bit_cast(float, (shifted & 0x007fffff) + 0x3f3504f3) - 1.0f;
   const float z = f * f;
   float poly = 7.0376836292e-2f;
@@ -50,23 +49,30 @@ ASL_INLINE float vlog(float v) {
   r = r - 2.12194440e-4f * e;  // log(2) = 0.693359375 - 2.12194440e-4, the first part exact in e
   r = r - 0.5f * z;
   r = (f + r) + 0.693359375f * e;
-  r = v == 0.0f ? -__builtin_inff() : r;
-  r = v < 0.0f ? __builtin_nanf("") : r;
-  r = v == __builtin_inff() ? v : r;
   return v != v ? v : r;
 }
+// Any float: subnormals are scaled up first; 0, negatives and inf get log's special values.
+ASL_INLINE float vlog(float v) {
+  const bool tiny = v < 1.17549435e-38f;  // below FLT_MIN: subnormal, zero or negative
+  float r = vlog_normal(tiny ? v * 8388608.0f : v, tiny ? 23 : 0);  // * 2^23
+  r = v == 0.0f ? -__builtin_inff() : r;
+  r = v < 0.0f ? __builtin_nanf("") : r;
+  return v == __builtin_inff() ? v : r;
+}
+ASL_INLINE float vlog_normal_or_nan(float v) { return vlog_normal(v); }
+ASL_INLINE double vlog_normal_or_nan(double v) { return ::log(v); }
 ASL_INLINE double vlog(double v) { return ::log(v); }
 ASL_INLINE float vpow_raw(float b, float e) { return ::powf(b, e); }
 ASL_INLINE double vpow_raw(double b, double e) { return ::pow(b, e); }
 
-// pow for the focusing weight's base 1 - p_t, which is >= 0 up to rounding. A zero base (every
-// negative with sigmoid(x) <= clip) would send the whole vector down libmvec's scalar special-case
-// path, so it is handled here: 0^g = 0, 1 or inf; a rounding residue below 0 counts as 0.
+// pow for the focusing weight's base 1 - p_t. A zero base (every negative with sigmoid(x) <= clip)
+// would send the whole vector down libmvec's scalar special-case path, so it is handled here:
+// 0^g = 0, 1 or inf. Any other base, negative ones included (targets outside [0, 1]), is pow's.
 template <typename T>
 ASL_INLINE T vpow(T b, T e) {
-  const T r = vpow_raw(b > T(0) ? b : T(1), e);
+  const T r = vpow_raw(b != T(0) ? b : T(1), e);
   const T at_zero = e > T(0) ? T(0) : (e == T(0) ? T(1) : T(__builtin_inf()));
-  return b > T(0) ? r : at_zero;
+  return b != T(0) ? r : at_zero;
 }
 
 // No bool in here: a byte-sized value in the loop stops GCC from vectorising it. A disabled clip is
@@ -164,24 +170,32 @@ ASL_INLINE T weight_slope(T base, T gamma, T y, const Consts<T>& c) {
 
 // What both passes need about one element (scalar out-parameters, so the loops stay vectorisable):
 //   p = sigmoid(x); qc = 1 - p shifted by clip and clamped at 1; dqc_dp = -1, or 0 where the clamp is
-//   active; loss = y log(p) + (1 - y) log(qc), unweighted; base = 1 - p_t; gamma = g+ y + g- (1 - y).
+//   active; loss = y log(p) + (1 - y) log(qc), unweighted; base = 1 - p_t; gamma = g+ y + g- (1 - y);
+//   hard path: sel = the selected probability, p or qc, clamped at eps (the argument of the log).
 template <typename T, int Pow>
-ASL_INLINE void elem(T p_in, T y, const Consts<T>& c, T& p, T& qc, T& dqc_dp, T& loss, T& base, T& gamma) {
+ASL_INLINE void elem(T p_in, T y, const Consts<T>& c, T& p, T& qc, T& dqc_dp, T& loss, T& base, T& gamma,
+                     T& sel) {
   const T one = T(1);
   p = p_in;
   const T q = one - p;
   const T shifted = q + c.clip;
   qc = shifted > one ? one : shifted;
   dqc_dp = shifted <= one ? T(-1) : T(0);
-  const T pc = p < c.eps ? c.eps : p;
-  const T qcc = qc < c.eps ? c.eps : qc;
   const T ny = one - y;
   if constexpr (is_hard(Pow)) {
-    loss = vlog(y == one ? pc : qcc);
+    // y is 0 or 1: the reference's y-weighted sums are exactly selections (0 times a finite value is 0).
+    const bool pos = y == one;
+    const T pc = p < c.eps ? c.eps : p;
+    const T qcc = qc < c.eps ? c.eps : qc;
+    sel = pos ? pc : qcc;
+    loss = vlog_normal_or_nan(sel);  // sel in [eps, 1] with eps >= FLT_MIN, or NaN: see hard_possible
+    base = pos ? q : one - qc;
   } else {
+    const T pc = p < c.eps ? c.eps : p;
+    const T qcc = qc < c.eps ? c.eps : qc;
     loss = y * vlog(pc) + ny * vlog(qcc);
+    base = one - (p * y + qc * ny);
   }
-  base = one - (p * y + qc * ny);
   gamma = c.gamma_pos * y + c.gamma_neg * ny;
 }
 
@@ -191,18 +205,28 @@ ASL_INLINE T sigmoid(T x) {
 }
 
 // Element loops take p = sigmoid(x) from a first, separate loop over a short chunk: each loop then has
-// a shorter dependency chain per element, so more elements are in flight at once.
+// a shorter dependency chain per element, so more elements are in flight at once. The same first loop
+// looks at the chunk's targets, and the element loop of the chunk is chosen from what it found.
 constexpr int64_t kChunk = 256;
 
-template <typename T>
-ASL_INLINE void sigmoid_chunk(const T* __restrict x, T* __restrict p, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) p[i] = sigmoid(x[i]);
+// Returns non-zero when some target of the chunk is neither 0 nor 1 (nor -1, an unknown label, where
+// unknown labels are ignored: their values are discarded afterwards).
+template <typename T, bool CheckTargets>
+ASL_INLINE uint32_t sigmoid_chunk(const T* __restrict x, const T* __restrict y, T unknown, T* __restrict p,
+                                  int64_t n) {
+  // An OR of 32-bit flags: GCC vectorises it without widening to 64-bit lanes, as a count would need.
+  uint32_t soft = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    p[i] = sigmoid(x[i]);
+    if (CheckTargets) soft |= static_cast<uint32_t>((y[i] != T(0)) & (y[i] != T(1)) & (y[i] != unknown));
+  }
+  return soft;
 }
 
 template <typename T, bool Focal, int Pow>
 ASL_INLINE T neg_loss(T p_in, T y, const Consts<T>& c) {
-  T p, qc, dqc_dp, loss, base, gamma;
-  elem<T, Pow>(p_in, y, c, p, qc, dqc_dp, loss, base, gamma);
+  T p, qc, dqc_dp, loss, base, gamma, sel;
+  elem<T, Pow>(p_in, y, c, p, qc, dqc_dp, loss, base, gamma, sel);
   if (Focal) loss = loss * weight<T, Pow>(base, gamma, y, c);
   return -loss;
 }
@@ -210,17 +234,16 @@ ASL_INLINE T neg_loss(T p_in, T y, const Consts<T>& c) {
 // d(-loss)/dx along the reference's autograd graph (a clamp passes the gradient where x >= min).
 template <typename T, bool Focal, bool Detach, int Pow>
 ASL_INLINE T neg_grad(T p_in, T y, const Consts<T>& c) {
-  T p, qc, dqc_dp, loss, base, gamma;
-  elem<T, Pow>(p_in, y, c, p, qc, dqc_dp, loss, base, gamma);
+  T p, qc, dqc_dp, loss, base, gamma, sel;
+  elem<T, Pow>(p_in, y, c, p, qc, dqc_dp, loss, base, gamma, sel);
   const T one = T(1);
   const T ny = one - y;
   T dl;  // d loss / d p
   if constexpr (is_hard(Pow)) {
-    // One division: only the selected log term has a non-zero derivative.
-    const bool pos = y == one;
-    const T num = pos ? (p >= c.eps ? one : T(0)) : (qc >= c.eps ? dqc_dp : T(0));
-    const T den = pos ? p : qc;
-    dl = num / (den < c.eps ? c.eps : den);  // clamped: a zero numerator stays 0, never 0/0
+    // One division: only the selected log term has a non-zero derivative. (Written as a division by
+    // a selected value: a select between two quotients makes GCC emit a division for each.)
+    const T num = y == one ? (p >= c.eps ? one : T(0)) : (qc >= c.eps ? dqc_dp : T(0));
+    dl = num / sel;  // sel is clamped: a zero numerator stays 0, never 0/0
   } else {
     const T dlp = p >= c.eps ? one / p : T(0);
     const T dln = qc >= c.eps ? dqc_dp / qc : T(0);
@@ -234,59 +257,64 @@ ASL_INLINE T neg_grad(T p_in, T y, const Consts<T>& c) {
   return -(dl * ((one - p) * p));
 }
 
-// Calls fn(start, length, p) for consecutive chunks of [0, n), p = sigmoid(x) over the chunk.
-template <typename T, typename Fn>
-ASL_INLINE void for_sigmoid_chunks(const T* __restrict x, int64_t n, Fn&& fn) {
+// Calls fn(start, length, p, hard) for consecutive chunks of [0, n): p = sigmoid(x) over the chunk,
+// hard = the chunk may take the element loop for hard targets (only ever true when HardPossible).
+template <typename T, bool HardPossible, typename Fn>
+ASL_INLINE void for_sigmoid_chunks(const T* __restrict x, const T* __restrict y, T unknown, int64_t n, Fn&& fn) {
   T p[kChunk];
   for (int64_t s = 0; s < n; s += kChunk) {
     const int64_t len = n - s < kChunk ? n - s : kChunk;
-    sigmoid_chunk(x + s, p, len);
-    fn(s, len, static_cast<const T*>(p));
+    const uint32_t soft = sigmoid_chunk<T, HardPossible>(x + s, y + s, unknown, p, len);
+    fn(s, len, static_cast<const T*>(p), HardPossible && soft == 0);
   }
-}
-
-template <typename T, bool Focal, int Pow>
-void forward_loop(const T* __restrict x, const T* __restrict y, T* __restrict out, int64_t n, const Consts<T> c) {
-  for_sigmoid_chunks(x, n, [&](int64_t s, int64_t len, const T* __restrict p) {
-    const T* __restrict ys = y + s;
-    T* __restrict os = out + s;
-    for (int64_t i = 0; i < len; ++i) os[i] = neg_loss<T, Focal, Pow>(p[i], ys[i], c);
-  });
-}
-
-template <typename T, bool Focal, bool Detach, int Pow, bool PerElement>
-void backward_loop(const T* __restrict x, const T* __restrict y, const T* __restrict gout, T gscale,
-                   T* __restrict out, int64_t n, const Consts<T> c) {
-  for_sigmoid_chunks(x, n, [&](int64_t s, int64_t len, const T* __restrict p) {
-    const T* __restrict ys = y + s;
-    T* __restrict os = out + s;
-    for (int64_t i = 0; i < len; ++i) {
-      const T g = PerElement ? gout[s + i] : gscale;
-      os[i] = g * neg_grad<T, Focal, Detach, Pow>(p[i], ys[i], c);
-    }
-  });
 }
 
 // Unknown labels (target -1) contribute nothing; a separate pass keeps the main loops branch-free,
 // and it runs after the product with the incoming gradient, so the result is 0 even when that is inf.
 template <typename T>
-void zero_unknown(const T* __restrict y, T* __restrict out, int64_t n) {
+ASL_INLINE void zero_unknown(const T* __restrict y, T* __restrict out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = y[i] == T(-1) ? T(0) : out[i];
 }
 
+// Interleaved partial sums in double, in a fixed order: element i of the block goes to acc[i % kSums]
+// (chunks are multiples of kSums long), the block's tail to acc[0]. 32 sums are four independent
+// chains of 8-lane vector adds, so the adds' latency does not set the pace.
+constexpr int kSums = 8;
+
 template <typename T>
-bool hard_block(const T* __restrict y, int64_t n, const BlockParams& p) {
-  if (!small_int(p.gamma_pos) || !small_int(p.gamma_neg)) return false;
-  // An OR of 32-bit flags: GCC vectorises it without widening to 64-bit lanes, as a count would need.
-  uint32_t soft = 0;
-  for (int64_t i = 0; i < n; ++i) soft |= static_cast<uint32_t>((y[i] != T(0)) & (y[i] != T(1)) & (y[i] != T(-1)));
-  return soft == 0;
+ASL_INLINE void accumulate(const T* __restrict v, int64_t n, double (&acc)[kSums]) {
+  double a[kSums];  // a local copy stays in registers
+  for (int j = 0; j < kSums; ++j) a[j] = acc[j];
+  int64_t i = 0;
+  for (; i + kSums <= n; i += kSums) {
+    for (int j = 0; j < kSums; ++j) a[j] += static_cast<double>(v[i + j]);
+  }
+  for (; i < n; ++i) a[0] += static_cast<double>(v[i]);
+  for (int j = 0; j < kSums; ++j) acc[j] = a[j];
 }
 
-// Calls fn(std::integral_constant<int, Pow>) with the power kind for this block (see kSoftPow).
+ASL_INLINE double total(const double (&acc)[kSums]) {
+  double level[kSums];
+  for (int j = 0; j < kSums; ++j) level[j] = acc[j];
+  for (int width = kSums / 2; width >= 1; width /= 2) {
+    for (int j = 0; j < width; ++j) level[j] = level[j] + level[j + width];
+  }
+  return level[0];
+}
+
+// Where the hard-target loops may be used: the focusing powers are small integers (or there is no
+// focusing) and eps is a normal float, so the selected log argument lies in [eps, 1] or is NaN (the
+// hard loops' log skips the special cases) and y log p + (1 - y) log qc equals the selected log
+// exactly (0 times a finite log is 0).
+template <typename T>
+bool hard_possible(const BlockParams& p) {
+  const bool powers = !p.focal || (small_int(p.gamma_pos) && small_int(p.gamma_neg));
+  return powers && p.eps >= static_cast<double>(std::numeric_limits<float>::min());
+}
+
+// Calls fn(std::integral_constant<int, Pow>) with the hard power kind for these parameters.
 template <typename Fn>
-void with_pow_kind(bool hard, const BlockParams& p, Fn&& fn) {
-  if (!hard) return fn(std::integral_constant<int, kSoftPow>{});
+void with_hard_pow_kind(const BlockParams& p, Fn&& fn) {
   const int gp = static_cast<int>(p.gamma_pos), gn = static_cast<int>(p.gamma_neg);
   if (gp == 0 && gn == 4) return fn(std::integral_constant<int, fixed_pow(0, 4)>{});  // training recipe
   if (gp == 1 && gn == 4) return fn(std::integral_constant<int, fixed_pow(1, 4)>{});  // reference default
@@ -296,32 +324,83 @@ void with_pow_kind(bool hard, const BlockParams& p, Fn&& fn) {
   return fn(std::integral_constant<int, kBitsPow>{});
 }
 
-template <typename T>
-void forward(const T* x, const T* y, T* out, int64_t n, const BlockParams& p) {
-  const Consts<T> c = consts<T>(p);
-  const bool hard = hard_block(y, n, p);
+// Calls fn(Focal, Hard) as integral constants: Hard is the power kind of the hard loops, or kSoftPow
+// when they cannot be used for these parameters.
+template <typename Fn>
+void with_kinds(const BlockParams& p, bool hard, Fn&& fn) {
+  using Yes = std::true_type;
+  using No = std::false_type;
+  using Soft = std::integral_constant<int, kSoftPow>;
   if (!p.focal) {
-    if (hard) forward_loop<T, false, kBitsPow>(x, y, out, n, c);
-    else forward_loop<T, false, kSoftPow>(x, y, out, n, c);
+    if (hard) fn(No{}, std::integral_constant<int, kBitsPow>{});
+    else fn(No{}, Soft{});
+  } else if (!hard) {
+    fn(Yes{}, Soft{});
   } else {
-    with_pow_kind(hard, p, [&](auto kind) { forward_loop<T, true, decltype(kind)::value>(x, y, out, n, c); });
+    with_hard_pow_kind(p, [&](auto kind) { fn(Yes{}, kind); });
   }
-  if (p.ignore_unknown) zero_unknown(y, out, n);
+}
+
+template <typename T, bool Focal, int Hard>
+double forward_loop(const T* __restrict x, const T* __restrict y, T* __restrict out, int64_t n,
+                    const Consts<T> c, bool ignore_unknown) {
+  constexpr bool kHardPossible = Hard != kSoftPow;
+  double acc[kSums] = {};
+  T buffer[kChunk];
+  const T unknown = ignore_unknown ? T(-1) : T(0);
+  for_sigmoid_chunks<T, kHardPossible>(x, y, unknown, n, [&](int64_t s, int64_t len, const T* __restrict p, bool hard) {
+    const T* __restrict ys = y + s;
+    T* __restrict os = out != nullptr ? out + s : buffer;
+    if (kHardPossible && hard) {
+      for (int64_t i = 0; i < len; ++i) os[i] = neg_loss<T, Focal, Hard>(p[i], ys[i], c);
+    } else {
+      for (int64_t i = 0; i < len; ++i) os[i] = neg_loss<T, Focal, kSoftPow>(p[i], ys[i], c);
+    }
+    if (ignore_unknown) zero_unknown(ys, os, len);
+    if (out == nullptr) accumulate(os, len, acc);
+  });
+  return total(acc);
+}
+
+template <typename T, bool Focal, bool Detach, int Hard, bool PerElement>
+void backward_loop(const T* __restrict x, const T* __restrict y, const T* __restrict gout, T gscale,
+                   T* __restrict out, int64_t n, const Consts<T> c, bool ignore_unknown) {
+  constexpr bool kHardPossible = Hard != kSoftPow;
+  const T unknown = ignore_unknown ? T(-1) : T(0);
+  for_sigmoid_chunks<T, kHardPossible>(x, y, unknown, n, [&](int64_t s, int64_t len, const T* __restrict p, bool hard) {
+    const T* __restrict ys = y + s;
+    T* __restrict os = out + s;
+    if (kHardPossible && hard) {
+      for (int64_t i = 0; i < len; ++i) {
+        os[i] = (PerElement ? gout[s + i] : gscale) * neg_grad<T, Focal, Detach, Hard>(p[i], ys[i], c);
+      }
+    } else {
+      for (int64_t i = 0; i < len; ++i) {
+        os[i] = (PerElement ? gout[s + i] : gscale) * neg_grad<T, Focal, Detach, kSoftPow>(p[i], ys[i], c);
+      }
+    }
+    if (ignore_unknown) zero_unknown(ys, os, len);
+  });
+}
+
+template <typename T>
+double forward(const T* x, const T* y, T* out, int64_t n, const BlockParams& p) {
+  const Consts<T> c = consts<T>(p);
+  double sum = 0;
+  with_kinds(p, hard_possible<T>(p), [&](auto focal, auto hard) {
+    sum = forward_loop<T, decltype(focal)::value, decltype(hard)::value>(x, y, out, n, c, p.ignore_unknown);
+  });
+  return sum;
 }
 
 template <typename T, bool PerElement>
 void backward_modes(const T* x, const T* y, const T* gout, T gscale, T* out, int64_t n, const BlockParams& p) {
   const Consts<T> c = consts<T>(p);
-  const bool hard = hard_block(y, n, p);
-  if (!p.focal) {
-    if (hard) backward_loop<T, false, false, kBitsPow, PerElement>(x, y, gout, gscale, out, n, c);
-    else backward_loop<T, false, false, kSoftPow, PerElement>(x, y, gout, gscale, out, n, c);
-    return;
-  }
-  with_pow_kind(hard, p, [&](auto kind) {
-    constexpr int Pow = decltype(kind)::value;
-    if (p.detach) backward_loop<T, true, true, Pow, PerElement>(x, y, gout, gscale, out, n, c);
-    else backward_loop<T, true, false, Pow, PerElement>(x, y, gout, gscale, out, n, c);
+  with_kinds(p, hard_possible<T>(p), [&](auto focal, auto hard) {
+    constexpr bool kFocal = decltype(focal)::value;
+    constexpr int kHard = decltype(hard)::value;
+    if (kFocal && p.detach) backward_loop<T, kFocal, true, kHard, PerElement>(x, y, gout, gscale, out, n, c, p.ignore_unknown);
+    else backward_loop<T, kFocal, false, kHard, PerElement>(x, y, gout, gscale, out, n, c, p.ignore_unknown);
   });
 }
 
@@ -329,7 +408,6 @@ template <typename T>
 void backward(const T* x, const T* y, const T* gout, T gscale, T* out, int64_t n, const BlockParams& p) {
   if (gout != nullptr) backward_modes<T, true>(x, y, gout, gscale, out, n, p);
   else backward_modes<T, false>(x, y, nullptr, gscale, out, n, p);
-  if (p.ignore_unknown) zero_unknown(y, out, n);
 }
 
 #define ASL_STR2(s) #s

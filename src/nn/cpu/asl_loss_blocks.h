@@ -18,9 +18,10 @@ struct BlockParams {
   bool detach = false;
 };
 
-/// out[i] = -loss_i (0 for unknown labels).
-using ForwardF32 = void (*)(const float* x, const float* y, float* out, int64_t n, const BlockParams& p);
-using ForwardF64 = void (*)(const double* x, const double* y, double* out, int64_t n, const BlockParams& p);
+/// out[i] = -loss_i (0 for unknown labels). With out null nothing is written and the return value is the
+/// sum of -loss_i over the n elements, in a fixed order (the same for any caller); otherwise it is 0.
+using ForwardF32 = double (*)(const float* x, const float* y, float* out, int64_t n, const BlockParams& p);
+using ForwardF64 = double (*)(const double* x, const double* y, double* out, int64_t n, const BlockParams& p);
 /// out[i] = g_i * d(-loss_i)/dx_i with g_i = gout[i], or gscale when gout is null.
 using BackwardF32 = void (*)(const float* x, const float* y, const float* gout, float gscale, float* out, int64_t n,
                              const BlockParams& p);

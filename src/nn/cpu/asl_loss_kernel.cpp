@@ -43,11 +43,11 @@ BlockParams block_params(const AslParams& p) {
   return b;
 }
 
-void forward_block(const float* x, const float* y, float* out, int64_t n, const BlockParams& p) {
-  block_kernels().forward_f32(x, y, out, n, p);
+double forward_block(const float* x, const float* y, float* out, int64_t n, const BlockParams& p) {
+  return block_kernels().forward_f32(x, y, out, n, p);
 }
-void forward_block(const double* x, const double* y, double* out, int64_t n, const BlockParams& p) {
-  block_kernels().forward_f64(x, y, out, n, p);
+double forward_block(const double* x, const double* y, double* out, int64_t n, const BlockParams& p) {
+  return block_kernels().forward_f64(x, y, out, n, p);
 }
 void backward_block(const float* x, const float* y, const float* g, float gs, float* out, int64_t n,
                     const BlockParams& p) {
@@ -90,21 +90,18 @@ AslForward forward_impl(const torch::Tensor& logits, const torch::Tensor& target
     for_blocks(n, [&](int64_t, int64_t s, int64_t len) { forward_block(x + s, y + s, out + s, len, p); });
     return result;
   }
-  std::vector<double> partial(static_cast<size_t>((n + kBlock - 1) / kBlock), 0.0);
-  for_blocks(n, [&](int64_t b, int64_t s, int64_t len) {
-    T buffer[kBlock];
-    forward_block(x + s, y + s, buffer, len, p);
-    // Eight interleaved partial sums: no 4-cycle add chain per element, and still a fixed order.
-    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-      for (int j = 0; j < 8; ++j) acc[j] += static_cast<double>(buffer[i + j]);
-    }
-    for (; i < len; ++i) acc[0] += static_cast<double>(buffer[i]);
-    partial[static_cast<size_t>(b)] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  });
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
   double total = 0;
-  for (double v : partial) total += v;  // fixed order: the same result for any thread count
+  if (blocks <= kParallelGrain) {
+    // What the parallel form does on one thread, without its allocation.
+    for (int64_t s = 0; s < n; s += kBlock) total += forward_block(x + s, y + s, nullptr, std::min(kBlock, n - s), p);
+  } else {
+    std::vector<double> partial(static_cast<size_t>(blocks), 0.0);
+    for_blocks(n, [&](int64_t b, int64_t s, int64_t len) {
+      partial[static_cast<size_t>(b)] = forward_block(x + s, y + s, nullptr, len, p);
+    });
+    for (double v : partial) total += v;  // fixed order: the same result for any thread count
+  }
   result.loss = torch::full({}, total, logits.options());
   result.count = params.ignore_unknown ? count_known(y, n) : n;
   return result;
