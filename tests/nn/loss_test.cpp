@@ -321,6 +321,30 @@ TEST(AsymmetricLossAgreement, TargetsAndParametersOutsideTheHardPath) {
   }
 }
 
+// The fused kernel's float32 sigmoid has its own exp: logits around its range limits (1 + exp(-x)
+// rounding to 1, exp's clamp at 80, underflow near 87.3, overflow at 88.72, infinities) give the
+// composite implementation's losses and gradients, per element.
+TEST(AsymmetricLossAgreement, SigmoidRangeEdgesFloat32) {
+  std::vector<float> edges = {0.0f, 16.6f, 17.0f, 79.9f, 80.0f, 80.1f, 87.3f, 87.4f, 88.72f, 88.7229f,
+                              88.75f, 89.0f, 103.9f, 104.0f, 150.0f, std::numeric_limits<float>::infinity()};
+  std::vector<float> values;
+  for (float e : edges) {
+    values.push_back(e);
+    values.push_back(-e);
+  }
+  const int64_t n = static_cast<int64_t>(values.size());
+  const torch::Tensor x = torch::from_blob(values.data(), {1, n}, torch::kFloat32).clone().repeat({2, 1});
+  const torch::Tensor y = torch::cat({torch::zeros({1, n}), torch::ones({1, n})});  // every logit with 0 and 1
+  for (bool detach : {true, false}) {
+    AsymmetricLossOptions o;
+    o.gamma_neg(4).gamma_pos(1).clip(0.05).disable_torch_grad_focal_loss(detach).reduction(Reduction::None);
+    const auto a = loss_and_grad(Impl::Composite, x, y, o, torch::ones({2, n}));
+    const auto b = loss_and_grad(Impl::Fused, x, y, o, torch::ones({2, n}));
+    EXPECT_TRUE(all_close(b.loss, a.loss, 1e-6, kLossRtolF32));
+    EXPECT_TRUE(all_close(b.grad, a.grad, kAgreeGradAtolF32, kGradRtolF32));
+  }
+}
+
 TEST(AsymmetricLossOptimized, FiniteDifferenceGradientFloat64) {
   torch::manual_seed(5);
   // Logits kept away from the clip kink at sigmoid(x) = clip and from saturation.

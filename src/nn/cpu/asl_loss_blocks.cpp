@@ -184,12 +184,13 @@ ASL_INLINE void elem(T p_in, T y, const Consts<T>& c, T& p, T& qc, T& dqc_dp, T&
   const T ny = one - y;
   if constexpr (is_hard(Pow)) {
     // y is 0 or 1: the reference's y-weighted sums are exactly selections (0 times a finite value is 0).
-    const bool pos = y == one;
+    // Selections are written as products with y and 1 - y (exact for y in {0, 1}): GCC turns a division
+    // by a selected value into one division per case, and divisions are the slowest part of the loops.
     const T pc = p < c.eps ? c.eps : p;
     const T qcc = qc < c.eps ? c.eps : qc;
-    sel = pos ? pc : qcc;
+    sel = pc * y + qcc * ny;
     loss = vlog_normal_or_nan(sel);  // sel in [eps, 1] with eps >= FLT_MIN, or NaN: see hard_possible
-    base = pos ? q : one - qc;
+    base = y == one ? q : one - qc;
   } else {
     const T pc = p < c.eps ? c.eps : p;
     const T qcc = qc < c.eps ? c.eps : qc;
@@ -199,9 +200,35 @@ ASL_INLINE void elem(T p_in, T y, const Consts<T>& c, T& p, T& qc, T& dqc_dp, T&
   gamma = c.gamma_pos * y + c.gamma_neg * ny;
 }
 
+// exp(t) for the sigmoid, vectorisable inline (a libmvec call per vector spills every register around
+// it). t = n log(2) + r with |r| <= log(2)/2, exp(r) by Cephes' degree-6 single-precision polynomial,
+// times 2^n built in the exponent bits (as 2^(n-1) * 2 so that n = 128 still fits). t is clamped to
+// [-80, 88.75]: above 88.7228 the product overflows to inf as exp does, and below -80 any positive
+// result gives the same sigmoid (1 + exp(t) rounds to 1 once exp(t) < 2^-25). NaN passes through.
+ASL_INLINE float exp_for_sigmoid(float t) {
+  t = t < -80.0f ? -80.0f : t;
+  t = t > 88.75f ? 88.75f : t;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float shifted = t * 1.44269504088896341f + kRound;
+  const float n = shifted - kRound;
+  const int32_t ni = __builtin_bit_cast(int32_t, shifted) - __builtin_bit_cast(int32_t, kRound);
+  float r = t - n * 0.693359375f;  // log(2) in two parts, the first exact in n
+  r = r + n * 2.12194440e-4f;
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  const float e = (poly * (r * r) + r) + 1.0f;
+  const float half_scale = __builtin_bit_cast(float, (ni + 126) << 23);  // 2^(n-1)
+  return (e * half_scale) * 2.0f;
+}
+ASL_INLINE double exp_for_sigmoid(double t) { return vexp(t); }
+
 template <typename T>
 ASL_INLINE T sigmoid(T x) {
-  return T(1) / (T(1) + vexp(-x));
+  return T(1) / (T(1) + exp_for_sigmoid(-x));
 }
 
 // Element loops take p = sigmoid(x) from a first, separate loop over a short chunk: each loop then has
@@ -240,9 +267,8 @@ ASL_INLINE T neg_grad(T p_in, T y, const Consts<T>& c) {
   const T ny = one - y;
   T dl;  // d loss / d p
   if constexpr (is_hard(Pow)) {
-    // One division: only the selected log term has a non-zero derivative. (Written as a division by
-    // a selected value: a select between two quotients makes GCC emit a division for each.)
-    const T num = y == one ? (p >= c.eps ? one : T(0)) : (qc >= c.eps ? dqc_dp : T(0));
+    // One division: only the selected log term has a non-zero derivative.
+    const T num = y * (p >= c.eps ? one : T(0)) + ny * (qc >= c.eps ? dqc_dp : T(0));
     dl = num / sel;  // sel is clamped: a zero numerator stays 0, never 0/0
   } else {
     const T dlp = p >= c.eps ? one / p : T(0);
@@ -261,7 +287,7 @@ ASL_INLINE T neg_grad(T p_in, T y, const Consts<T>& c) {
 // hard = the chunk may take the element loop for hard targets (only ever true when HardPossible).
 template <typename T, bool HardPossible, typename Fn>
 ASL_INLINE void for_sigmoid_chunks(const T* __restrict x, const T* __restrict y, T unknown, int64_t n, Fn&& fn) {
-  T p[kChunk];
+  alignas(64) T p[kChunk];
   for (int64_t s = 0; s < n; s += kChunk) {
     const int64_t len = n - s < kChunk ? n - s : kChunk;
     const uint32_t soft = sigmoid_chunk<T, HardPossible>(x + s, y + s, unknown, p, len);
@@ -276,21 +302,22 @@ ASL_INLINE void zero_unknown(const T* __restrict y, T* __restrict out, int64_t n
   for (int64_t i = 0; i < n; ++i) out[i] = y[i] == T(-1) ? T(0) : out[i];
 }
 
-// Interleaved partial sums in double, in a fixed order: element i of the block goes to acc[i % kSums]
-// (chunks are multiples of kSums long), the block's tail to acc[0]. 32 sums are four independent
-// chains of 8-lane vector adds, so the adds' latency does not set the pace.
-constexpr int kSums = 8;
+// Partial sums in a fixed order: within a chunk, element i goes to lane i % kLanes (a vector's worth
+// of T, summed in T: one vector add per vector of elements), the chunk's tail to lane 0; each chunk's
+// lanes are then added to the block's double sums.
+constexpr int kSums = 16;  // at least one vector of floats
 
 template <typename T>
 ASL_INLINE void accumulate(const T* __restrict v, int64_t n, double (&acc)[kSums]) {
-  double a[kSums];  // a local copy stays in registers
-  for (int j = 0; j < kSums; ++j) a[j] = acc[j];
+  constexpr int kLanes = 64 / static_cast<int>(sizeof(T));  // 16 floats or 8 doubles
+  static_assert(kLanes <= kSums && kChunk % kLanes == 0, "lanes must fit the sums and divide a chunk");
+  T lane[kLanes] = {};
   int64_t i = 0;
-  for (; i + kSums <= n; i += kSums) {
-    for (int j = 0; j < kSums; ++j) a[j] += static_cast<double>(v[i + j]);
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) lane[j] += v[i + j];
   }
-  for (; i < n; ++i) a[0] += static_cast<double>(v[i]);
-  for (int j = 0; j < kSums; ++j) acc[j] = a[j];
+  for (; i < n; ++i) lane[0] += v[i];
+  for (int j = 0; j < kLanes; ++j) acc[j] += static_cast<double>(lane[j]);
 }
 
 ASL_INLINE double total(const double (&acc)[kSums]) {
@@ -346,7 +373,7 @@ double forward_loop(const T* __restrict x, const T* __restrict y, T* __restrict 
                     const Consts<T> c, bool ignore_unknown) {
   constexpr bool kHardPossible = Hard != kSoftPow;
   double acc[kSums] = {};
-  T buffer[kChunk];
+  alignas(64) T buffer[kChunk];
   const T unknown = ignore_unknown ? T(-1) : T(0);
   for_sigmoid_chunks<T, kHardPossible>(x, y, unknown, n, [&](int64_t s, int64_t len, const T* __restrict p, bool hard) {
     const T* __restrict ys = y + s;
