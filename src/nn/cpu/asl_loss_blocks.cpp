@@ -1,7 +1,8 @@
 // Per-ISA element loops of the fused ASL. Built three times (ASL_ISA = isa_avx512, isa_avx2, isa_base)
 // with matching -march flags. Each element is computed in the logits' dtype in the reference's order
-// of operations, so float32 saturates exactly where the reference does; exp/log/pow calls become
-// glibc vector-math (libmvec) calls, accurate to 4 ulp.
+// of operations, so float32 saturates exactly where the reference does. Float32 exp (in the sigmoid)
+// and log are inline polynomials (about 1 ulp, below); pow and the float64 functions are glibc
+// vector-math (libmvec) calls, accurate to 4 ulp.
 #include "asl_loss_blocks.h"
 
 #include <limits>
@@ -205,6 +206,7 @@ ASL_INLINE void elem(T p_in, T y, const Consts<T>& c, T& p, T& qc, T& dqc_dp, T&
 // times 2^n built in the exponent bits (as 2^(n-1) * 2 so that n = 128 still fits). t is clamped to
 // [-80, 88.75]: above 88.7228 the product overflows to inf as exp does, and below -80 any positive
 // result gives the same sigmoid (1 + exp(t) rounds to 1 once exp(t) < 2^-25). NaN passes through.
+// Checked on every float in [-80, 88.72] against exp in double: at most 1.01 ulp (0.99 without FMA).
 ASL_INLINE float exp_for_sigmoid(float t) {
   t = t < -80.0f ? -80.0f : t;
   t = t > 88.75f ? 88.75f : t;
