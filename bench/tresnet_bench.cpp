@@ -8,8 +8,13 @@
 #include "asl/models/registry.h"
 #include "asl/models/tresnet.h"
 #include "asl/nn/loss.h"
+#include "asl/runtime.h"
 
 namespace {
+
+// As the `asl` command does (asl/runtime.h); ASL_DEFAULT_MALLOC=1 in the environment measures glibc's
+// default behaviour instead.
+[[maybe_unused]] const bool kAllocatorTuned = asl::tune_allocator();
 
 constexpr int64_t kSize = 224;
 constexpr int64_t kClasses = 80;

@@ -15,10 +15,15 @@
 #include "asl/data/loader.h"
 #include "asl/models/fuse.h"
 #include "asl/models/registry.h"
+#include "asl/runtime.h"
 
 namespace fs = std::filesystem;
 
 namespace {
+
+// As the `asl` command does (asl/runtime.h); ASL_DEFAULT_MALLOC=1 in the environment measures glibc's
+// default behaviour instead.
+[[maybe_unused]] const bool kAllocatorTuned = asl::tune_allocator();
 
 constexpr int64_t kImages = 320;
 constexpr int64_t kClasses = 80;

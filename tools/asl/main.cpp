@@ -4,10 +4,12 @@
 
 #include <CLI/CLI.hpp>
 
+#include "asl/runtime.h"
 #include "asl/version.h"
 #include "commands.h"
 
 int main(int argc, char** argv) {
+  asl::tune_allocator();  // large tensors reuse freed heap memory instead of faulting in fresh pages
   CLI::App app{"asl — multi-label image classification with the Asymmetric Loss (C++ / LibTorch)"};
   app.set_version_flag("--version", std::string("asl ") + asl::version());
   app.require_subcommand(0, 1);
@@ -17,9 +19,7 @@ int main(int argc, char** argv) {
   asl::cli::register_infer(app, run);
   asl::cli::register_train(app, run);
   asl::cli::register_data(app, run);
-  app.footer(
-      "Subcommands arrive with their issues; today the library provides the ASL losses\n"
-      "(see README.md). Run `asl <subcommand> --help` for a subcommand's flags.");
+  app.footer("Run `asl <subcommand> --help` for a subcommand's flags; README.md has examples.");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
