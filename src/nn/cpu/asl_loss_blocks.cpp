@@ -183,18 +183,16 @@ ASL_INLINE void elem(T p_in, T y, const Consts<T>& c, T& p, T& qc, T& dqc_dp, T&
   qc = shifted > one ? one : shifted;
   dqc_dp = shifted <= one ? T(-1) : T(0);
   const T ny = one - y;
+  const T pc = p < c.eps ? c.eps : p;
+  const T qcc = qc < c.eps ? c.eps : qc;
   if constexpr (is_hard(Pow)) {
     // y is 0 or 1: the reference's y-weighted sums are exactly selections (0 times a finite value is 0).
     // Selections are written as products with y and 1 - y (exact for y in {0, 1}): GCC turns a division
     // by a selected value into one division per case, and divisions are the slowest part of the loops.
-    const T pc = p < c.eps ? c.eps : p;
-    const T qcc = qc < c.eps ? c.eps : qc;
     sel = pc * y + qcc * ny;
     loss = vlog_normal_or_nan(sel);  // sel in [eps, 1] with eps >= FLT_MIN, or NaN: see hard_possible
     base = y == one ? q : one - qc;
   } else {
-    const T pc = p < c.eps ? c.eps : p;
-    const T qcc = qc < c.eps ? c.eps : qc;
     loss = y * vlog(pc) + ny * vlog(qcc);
     base = one - (p * y + qc * ny);
   }

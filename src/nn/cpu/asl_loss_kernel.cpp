@@ -90,18 +90,12 @@ AslForward forward_impl(const torch::Tensor& logits, const torch::Tensor& target
     for_blocks(n, [&](int64_t, int64_t s, int64_t len) { forward_block(x + s, y + s, out + s, len, p); });
     return result;
   }
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<double> partial(static_cast<size_t>((n + kBlock - 1) / kBlock), 0.0);
+  for_blocks(n, [&](int64_t b, int64_t s, int64_t len) {
+    partial[static_cast<size_t>(b)] = forward_block(x + s, y + s, nullptr, len, p);
+  });
   double total = 0;
-  if (blocks <= kParallelGrain) {
-    // What the parallel form does on one thread, without its allocation.
-    for (int64_t s = 0; s < n; s += kBlock) total += forward_block(x + s, y + s, nullptr, std::min(kBlock, n - s), p);
-  } else {
-    std::vector<double> partial(static_cast<size_t>(blocks), 0.0);
-    for_blocks(n, [&](int64_t b, int64_t s, int64_t len) {
-      partial[static_cast<size_t>(b)] = forward_block(x + s, y + s, nullptr, len, p);
-    });
-    for (double v : partial) total += v;  // fixed order: the same result for any thread count
-  }
+  for (double v : partial) total += v;  // fixed order: the same result for any thread count
   result.loss = torch::full({}, total, logits.options());
   result.count = params.ignore_unknown ? count_known(y, n) : n;
   return result;
