@@ -186,7 +186,8 @@ ASL_INLINE void elem(T p_in, T y, const Consts<T>& c, T& p, T& qc, T& dqc_dp, T&
   const T pc = p < c.eps ? c.eps : p;
   const T qcc = qc < c.eps ? c.eps : qc;
   if constexpr (is_hard(Pow)) {
-    // y is 0 or 1: the reference's y-weighted sums are exactly selections (0 times a finite value is 0).
+    // y is 0 or 1 (or -1 for an ignored unknown label, whose values are discarded): the reference's
+    // y-weighted sums are exactly selections (0 times a finite value is 0).
     // Selections are written as products with y and 1 - y (exact for y in {0, 1}): GCC turns a division
     // by a selected value into one division per case, and divisions are the slowest part of the loops.
     sel = pc * y + qcc * ny;
@@ -333,7 +334,6 @@ ASL_INLINE double total(const double (&acc)[kSums]) {
 // focusing) and eps is a normal float, so the selected log argument lies in [eps, 1] or is NaN (the
 // hard loops' log skips the special cases) and y log p + (1 - y) log qc equals the selected log
 // exactly (0 times a finite log is 0).
-template <typename T>
 bool hard_possible(const BlockParams& p) {
   const bool powers = !p.focal || (small_int(p.gamma_pos) && small_int(p.gamma_neg));
   return powers && p.eps >= static_cast<double>(std::numeric_limits<float>::min());
@@ -354,10 +354,11 @@ void with_hard_pow_kind(const BlockParams& p, Fn&& fn) {
 // Calls fn(Focal, Hard) as integral constants: Hard is the power kind of the hard loops, or kSoftPow
 // when they cannot be used for these parameters.
 template <typename Fn>
-void with_kinds(const BlockParams& p, bool hard, Fn&& fn) {
+void with_kinds(const BlockParams& p, Fn&& fn) {
   using Yes = std::true_type;
   using No = std::false_type;
   using Soft = std::integral_constant<int, kSoftPow>;
+  const bool hard = hard_possible(p);
   if (!p.focal) {
     if (hard) fn(No{}, std::integral_constant<int, kBitsPow>{});
     else fn(No{}, Soft{});
@@ -378,11 +379,11 @@ double forward_loop(const T* __restrict x, const T* __restrict y, T* __restrict 
   for_sigmoid_chunks<T, kHardPossible>(x, y, unknown, n, [&](int64_t s, int64_t len, const T* __restrict p, bool hard) {
     const T* __restrict ys = y + s;
     T* __restrict os = out != nullptr ? out + s : buffer;
-    if (kHardPossible && hard) {
-      for (int64_t i = 0; i < len; ++i) os[i] = neg_loss<T, Focal, Hard>(p[i], ys[i], c);
-    } else {
-      for (int64_t i = 0; i < len; ++i) os[i] = neg_loss<T, Focal, kSoftPow>(p[i], ys[i], c);
-    }
+    const auto loop = [&](auto pow) {
+      for (int64_t i = 0; i < len; ++i) os[i] = neg_loss<T, Focal, decltype(pow)::value>(p[i], ys[i], c);
+    };
+    if (kHardPossible && hard) loop(std::integral_constant<int, Hard>{});
+    else loop(std::integral_constant<int, kSoftPow>{});
     if (ignore_unknown) zero_unknown(ys, os, len);
     if (out == nullptr) accumulate(os, len, acc);
   });
@@ -397,15 +398,13 @@ void backward_loop(const T* __restrict x, const T* __restrict y, const T* __rest
   for_sigmoid_chunks<T, kHardPossible>(x, y, unknown, n, [&](int64_t s, int64_t len, const T* __restrict p, bool hard) {
     const T* __restrict ys = y + s;
     T* __restrict os = out + s;
-    if (kHardPossible && hard) {
+    const auto loop = [&](auto pow) {
       for (int64_t i = 0; i < len; ++i) {
-        os[i] = (PerElement ? gout[s + i] : gscale) * neg_grad<T, Focal, Detach, Hard>(p[i], ys[i], c);
+        os[i] = (PerElement ? gout[s + i] : gscale) * neg_grad<T, Focal, Detach, decltype(pow)::value>(p[i], ys[i], c);
       }
-    } else {
-      for (int64_t i = 0; i < len; ++i) {
-        os[i] = (PerElement ? gout[s + i] : gscale) * neg_grad<T, Focal, Detach, kSoftPow>(p[i], ys[i], c);
-      }
-    }
+    };
+    if (kHardPossible && hard) loop(std::integral_constant<int, Hard>{});
+    else loop(std::integral_constant<int, kSoftPow>{});
     if (ignore_unknown) zero_unknown(ys, os, len);
   });
 }
@@ -414,7 +413,7 @@ template <typename T>
 double forward(const T* x, const T* y, T* out, int64_t n, const BlockParams& p) {
   const Consts<T> c = consts<T>(p);
   double sum = 0;
-  with_kinds(p, hard_possible<T>(p), [&](auto focal, auto hard) {
+  with_kinds(p, [&](auto focal, auto hard) {
     sum = forward_loop<T, decltype(focal)::value, decltype(hard)::value>(x, y, out, n, c, p.ignore_unknown);
   });
   return sum;
@@ -423,11 +422,12 @@ double forward(const T* x, const T* y, T* out, int64_t n, const BlockParams& p) 
 template <typename T, bool PerElement>
 void backward_modes(const T* x, const T* y, const T* gout, T gscale, T* out, int64_t n, const BlockParams& p) {
   const Consts<T> c = consts<T>(p);
-  with_kinds(p, hard_possible<T>(p), [&](auto focal, auto hard) {
+  with_kinds(p, [&](auto focal, auto hard) {
     constexpr bool kFocal = decltype(focal)::value;
     constexpr int kHard = decltype(hard)::value;
-    if (kFocal && p.detach) backward_loop<T, kFocal, true, kHard, PerElement>(x, y, gout, gscale, out, n, c, p.ignore_unknown);
-    else backward_loop<T, kFocal, false, kHard, PerElement>(x, y, gout, gscale, out, n, c, p.ignore_unknown);
+    const bool ignore = p.ignore_unknown;
+    if (kFocal && p.detach) backward_loop<T, kFocal, true, kHard, PerElement>(x, y, gout, gscale, out, n, c, ignore);
+    else backward_loop<T, kFocal, false, kHard, PerElement>(x, y, gout, gscale, out, n, c, ignore);
   });
 }
 

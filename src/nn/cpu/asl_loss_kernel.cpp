@@ -123,8 +123,8 @@ torch::Tensor backward_impl(const torch::Tensor& grad_out, const torch::Tensor& 
     g_contig = grad_out.to(logits.scalar_type()).contiguous();
     gout = g_contig.data_ptr<T>();
   }
-  // Per fixed block, like the forward: the hard/soft path is chosen per block, so results do not depend
-  // on how the blocks are split between threads.
+  // Per fixed block, like the forward: the hard/soft path is chosen per 256-element chunk of a block, so
+  // results do not depend on how the blocks are split between threads.
   for_blocks(n, [&](int64_t, int64_t s, int64_t len) {
     backward_block(x + s, y + s, gout != nullptr ? gout + s : nullptr, gscale, out + s, len, p);
   });
