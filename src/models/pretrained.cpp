@@ -6,12 +6,14 @@
 
 #include "asl/io/checkpoint.h"
 #include "asl/models/registry.h"
+#include "asl/nn/autocast.h"
 
 namespace asl::models {
 
 torch::Tensor Classifier::logits(const torch::Tensor& images) {
   if (fused) return fused->forward(images);
   torch::InferenceMode guard;
+  asl::nn::BFloat16Autocast autocast(bf16);
   return model->forward(images).to(torch::kFloat32);
 }
 
@@ -55,6 +57,7 @@ Classifier load_classifier(const std::string& path, const ClassifierOptions& opt
     const auto it = ckpt.idx_to_class.find(i);
     c.class_names[static_cast<size_t>(i)] = it != ckpt.idx_to_class.end() ? it->second : "class_" + std::to_string(i);
   }
+  c.bf16 = options.bf16;
   if (options.fuse) {
     c.fused = fuse_for_inference(c.model, FuseOptions().dtype(options.bf16 ? torch::kBFloat16 : torch::kFloat32));
   }

@@ -193,7 +193,8 @@ void BottleneckHeadImpl::pretty_print(std::ostream& stream) const {
 }
 
 torch::Tensor BottleneckHeadImpl::forward(const torch::Tensor& input) {
-  return FC->forward(embedding_generator->forward(input));
+  const auto& first = *embedding_generator->ptr(0)->as<torch::nn::Linear>();
+  return asl::nn::functional::linear(*FC, asl::nn::functional::linear(first, input));
 }
 
 // ---- TResNetBody / TResNetHead -------------------------------------------
@@ -249,7 +250,10 @@ void TResNetHeadImpl::reset() {
 
 void TResNetHeadImpl::pretty_print(std::ostream& stream) const { stream << "asl::models::TResNetHead"; }
 
-torch::Tensor TResNetHeadImpl::forward(const torch::Tensor& input) { return fc.forward<torch::Tensor>(input); }
+torch::Tensor TResNetHeadImpl::forward(const torch::Tensor& input) {
+  if (const auto* linear = fc.ptr()->as<torch::nn::Linear>()) return asl::nn::functional::linear(*linear, input);
+  return fc.forward<torch::Tensor>(input);
+}
 
 // ---- TResNet -------------------------------------------------------------
 

@@ -1,9 +1,12 @@
 #include "asl/nn/layers.h"
 
 #include "asl/nn/packed_conv.h"
+#include "asl/runtime.h"
 
 #include <stdexcept>
 
+#include <ATen/autocast_mode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/nn/functional/padding.h>
 #include <torch/nn/init.h>
 #include <torch/torch.h>
@@ -50,6 +53,50 @@ torch::nn::Conv2d make_conv(const ConvNormActOptions& o) {
 }  // namespace
 
 namespace functional {
+
+bool emulates_bf16(const torch::Tensor& input) {
+  if (cpu_info().onednn_bf16 || !input.device().is_cpu()) return false;
+  if (input.scalar_type() == torch::kBFloat16) return true;
+  return input.scalar_type() == torch::kFloat32 && at::autocast::is_cpu_enabled() &&
+         at::autocast::get_autocast_cpu_dtype() == at::kBFloat16;
+}
+
+namespace {
+
+// The value a bfloat16 kernel would see, held in float32 (no-op for an undefined bias).
+torch::Tensor bf16_rounded(const torch::Tensor& t) {
+  return t.defined() ? t.to(torch::kBFloat16).to(torch::kFloat32) : t;
+}
+
+}  // namespace
+
+torch::Tensor conv2d(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
+                     torch::IntArrayRef stride, torch::IntArrayRef padding, torch::IntArrayRef dilation,
+                     int64_t groups) {
+  if (!emulates_bf16(input)) return torch::conv2d(input, weight, bias, stride, padding, dilation, groups);
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+  return torch::conv2d(bf16_rounded(input), bf16_rounded(weight), bf16_rounded(bias), stride, padding, dilation,
+                       groups)
+      .to(torch::kBFloat16);
+}
+
+torch::Tensor conv2d(const torch::nn::Conv2dImpl& conv, const torch::Tensor& input) {
+  const auto& o = conv.options;
+  const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+  TORCH_CHECK(padding != nullptr && c10::get_if<torch::enumtype::kZeros>(&o.padding_mode()) != nullptr,
+              "conv2d: the module must have numeric zero padding");
+  return conv2d(input, conv.weight, conv.bias, o.stride(), *padding, o.dilation(), o.groups());
+}
+
+torch::Tensor linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias) {
+  if (!emulates_bf16(input)) return torch::linear(input, weight, bias);
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+  return torch::linear(bf16_rounded(input), bf16_rounded(weight), bf16_rounded(bias)).to(torch::kBFloat16);
+}
+
+torch::Tensor linear(const torch::nn::LinearImpl& module, const torch::Tensor& input) {
+  return linear(input, module.weight, module.bias);
+}
 
 torch::Tensor space_to_depth(const torch::Tensor& input, int64_t block_size) {
   TORCH_CHECK(input.dim() == 4, "space_to_depth: input must be N x C x H x W, got shape ", input.sizes());
@@ -98,8 +145,8 @@ torch::Tensor blur_pool(const torch::Tensor& input, int64_t stride) {
     padded.narrow(3, w + 1, 1).copy_(padded.narrow(3, w - 1, 1));
   }
   const auto weight = blur_filter(c, input.options()).contiguous(input.suggest_memory_format());
-  return torch::conv2d(padded, weight, c10::nullopt, torch::IntArrayRef{stride}, torch::IntArrayRef{0},
-                       torch::IntArrayRef{1}, c);
+  return conv2d(padded, weight, torch::Tensor(), torch::IntArrayRef{stride}, torch::IntArrayRef{0},
+                torch::IntArrayRef{1}, c);
 }
 
 torch::Tensor activation(const torch::Tensor& input, Activation activation, double param) {
@@ -170,8 +217,8 @@ void SqueezeExciteImpl::pretty_print(std::ostream& stream) const {
 
 torch::Tensor SqueezeExciteImpl::gate(const torch::Tensor& input) {
   auto s = input.mean({2, 3}, /*keepdim=*/true);
-  s = fc1->forward(s).relu_();
-  return fc2->forward(s).sigmoid_();
+  s = functional::conv2d(*fc1, s).relu_();
+  return functional::conv2d(*fc2, s).sigmoid_();
 }
 
 torch::Tensor SqueezeExciteImpl::forward(const torch::Tensor& input) { return input * gate(input); }
@@ -238,10 +285,10 @@ torch::Tensor ConvNormActImpl::forward(const torch::Tensor& input) {
   if (options.fused()) {
     const bool use_packed = packed_ && input.device().is_cpu() && input.scalar_type() == packed_->dtype() &&
                             !(torch::GradMode::is_enabled() && input.requires_grad());
-    torch::Tensor out = use_packed ? (*packed_)(input) : conv->forward(input);
+    torch::Tensor out = use_packed ? (*packed_)(input) : functional::conv2d(*conv, input);
     return activation_inplace(std::move(out), options.activation(), options.activation_param());
   }
-  return norm->forward(conv->forward(input));
+  return norm->forward(functional::conv2d(*conv, input));
 }
 
 std::pair<torch::Tensor, torch::Tensor> ConvNormActImpl::folded_weight_and_bias() const {
@@ -260,8 +307,10 @@ void ConvNormActImpl::pack(std::vector<int64_t> input_size) {
   TORCH_CHECK(options.fused(), "ConvNormAct: pack() needs the fused form");
   packed_.reset();
   const auto& w = conv->weight;
+  // bfloat16 is packed only where oneDNN runs it; elsewhere forward emulates it (functional::conv2d).
   if (!PackedConv2d::available() || !w.device().is_cpu() ||
-      (w.scalar_type() != torch::kFloat32 && w.scalar_type() != torch::kBFloat16)) {
+      (w.scalar_type() != torch::kFloat32 && w.scalar_type() != torch::kBFloat16) ||
+      (w.scalar_type() == torch::kBFloat16 && !cpu_info().onednn_bf16)) {
     return;
   }
   const auto& o = conv->options;

@@ -1,5 +1,7 @@
 #include "asl/nn/packed_conv.h"
 
+#include "asl/runtime.h"
+
 #include <string>
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -38,6 +40,9 @@ PackedConv2d::PackedConv2d(const torch::Tensor& weight, const torch::Tensor& bia
               weight.sizes(), " on ", weight.device());
   TORCH_CHECK(dtype_ == torch::kFloat32 || dtype_ == torch::kBFloat16,
               "PackedConv2d: weight must be float32 or bfloat16, got ", dtype_);
+  TORCH_CHECK(dtype_ != torch::kBFloat16 || cpu_info().onednn_bf16,
+              "PackedConv2d: oneDNN cannot run bfloat16 on this CPU (effective ISA ", cpu_info().onednn_isa,
+              "; bfloat16 needs avx512_core or above)");
   TORCH_CHECK(!bias.defined() || bias.scalar_type() == dtype_, "PackedConv2d: bias dtype ", bias.scalar_type(),
               " differs from weight dtype ", dtype_);
   TORCH_CHECK(input_size.size() == 4, "PackedConv2d: input_size must be N, C, H, W");

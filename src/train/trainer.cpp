@@ -1,7 +1,6 @@
 // The training loop: data checks, model/EMA/Adam/one-cycle set-up, steps, per-epoch validation, checkpoints, resume.
 #include "asl/train/trainer.h"
 
-#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -21,6 +20,7 @@
 #include "asl/io/pickle.h"
 #include "asl/metrics/map.h"
 #include "asl/models/registry.h"
+#include "asl/nn/autocast.h"
 #include "asl/train/augment.h"
 #include "asl/train/ema.h"
 #include "asl/train/optimizer.h"
@@ -84,32 +84,6 @@ std::vector<int64_t> epoch_order(uint64_t seed, int64_t epoch, int64_t n) {
 uint64_t image_seed(uint64_t seed, int64_t epoch, int64_t position) {
   return mix(mix(mix(seed, 0x4155474DULL), static_cast<uint64_t>(epoch)), static_cast<uint64_t>(position));
 }
-
-// bfloat16 autocast on the CPU for the forward pass (the reference's torch.cuda.amp.autocast()).
-class CpuAutocast {
- public:
-  explicit CpuAutocast(bool enabled) : enabled_(enabled) {
-    if (!enabled_) return;
-    previous_ = at::autocast::is_cpu_enabled();
-    previous_dtype_ = at::autocast::get_autocast_cpu_dtype();
-    at::autocast::set_cpu_enabled(true);
-    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-    at::autocast::increment_nesting();
-  }
-  ~CpuAutocast() {
-    if (!enabled_) return;
-    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    at::autocast::set_cpu_enabled(previous_);
-    at::autocast::set_autocast_cpu_dtype(previous_dtype_);
-  }
-  CpuAutocast(const CpuAutocast&) = delete;
-  CpuAutocast& operator=(const CpuAutocast&) = delete;
-
- private:
-  bool enabled_;
-  bool previous_ = false;
-  at::ScalarType previous_dtype_ = at::kBFloat16;
-};
 
 std::string shape_string(const torch::Tensor& t) {
   std::ostringstream s;
@@ -438,7 +412,7 @@ struct Trainer::State {
     if (cb.on_validate) cb.on_validate(0, n);
     while (auto batch = loader.next()) {
       const int64_t b = batch->images.size(0);
-      CpuAutocast autocast(o.amp());
+      asl::nn::BFloat16Autocast autocast(o.amp());
       regular.narrow(0, done, b).copy_(torch::sigmoid(model->forward(batch->images).to(torch::kFloat32)));
       averaged.narrow(0, done, b).copy_(torch::sigmoid(e->forward(batch->images).to(torch::kFloat32)));
       done += b;
@@ -536,7 +510,7 @@ struct Trainer::State {
       const int64_t b = batch->images.size(0);
       torch::Tensor logits;
       {
-        CpuAutocast autocast(o.amp());
+        asl::nn::BFloat16Autocast autocast(o.amp());
         logits = model->forward(batch->images);
       }
       const torch::Tensor loss =

@@ -13,6 +13,7 @@
 #include "asl/models/registry.h"
 #include "asl/models/tresnet.h"
 #include "asl/nn/packed_conv.h"
+#include "asl/runtime.h"
 #include "test_util.h"
 
 namespace {
@@ -165,6 +166,18 @@ TEST(FuseForInference, Bfloat16WithinStatedTolerance) {
   EXPECT_EQ(actual.scalar_type(), torch::kFloat32);
   EXPECT_TRUE(close_to_scale(actual, expected, kBf16ScaleTol));
   EXPECT_TRUE(torch::equal(actual.argmax(1), expected.argmax(1)));
+  // Where oneDNN runs bfloat16 the convs are prepacked; elsewhere (AVX2, or DNNL_MAX_CPU_ISA=AVX2) none
+  // is, and the convs take the emulated path, which is what the tolerance above was checked against.
+  int convs = 0, packed = 0;
+  for (const auto& m : fused->modules(false)) {
+    if (auto* conv = m->as<asl::nn::ConvNormAct>()) {
+      ++convs;
+      packed += conv->packed();
+    }
+  }
+  ASSERT_GT(convs, 0);
+  const bool packable = asl::nn::PackedConv2d::available() && asl::cpu_info().onednn_bf16;
+  EXPECT_EQ(packed, packable ? convs : 0) << asl::describe(asl::cpu_info());
 }
 
 TEST(FuseForInference, FixtureModelsMatchUnfused) {
@@ -199,6 +212,18 @@ TEST(PackedConv2d, MatchesConv2dForStridesGroupsSizesAndDtypes) {
                    std::to_string(c.stride) + " g" + std::to_string(c.groups) + " " + c10::toString(dtype));
       const auto weight = torch::randn({c.out, c.in / c.groups, c.kernel, c.kernel}).to(dtype);
       const auto bias = torch::randn({c.out}).to(dtype);
+      if (dtype == torch::kBFloat16 && !asl::cpu_info().onednn_bf16) {
+        // No oneDNN bfloat16 on this CPU: a clear refusal naming the ISA, never oneDNN's own error.
+        try {
+          asl::nn::PackedConv2d(weight, bias, {c.stride, c.stride}, {c.kernel / 2, c.kernel / 2}, {1, 1}, c.groups,
+                                {1, c.in, 28, 28});
+          ADD_FAILURE() << "packing bfloat16 without oneDNN support did not throw";
+        } catch (const c10::Error& e) {
+          EXPECT_NE(std::string(e.what()).find("cannot run bfloat16"), std::string::npos) << e.what();
+          EXPECT_NE(std::string(e.what()).find(asl::cpu_info().onednn_isa), std::string::npos) << e.what();
+        }
+        continue;
+      }
       const asl::nn::PackedConv2d packed(weight, bias, {c.stride, c.stride}, {c.kernel / 2, c.kernel / 2}, {1, 1},
                                          c.groups, {1, c.in, 28, 28});
       // Any input size and batch, whatever size guided the packing.

@@ -12,6 +12,8 @@
 #include "asl/io/checkpoint.h"
 #include "asl/models/registry.h"
 #include "asl/models/tresnet.h"
+#include "asl/runtime.h"
+#include "asl/nn/autocast.h"
 #include "asl/nn/layers.h"
 #include "asl/nn/loss.h"
 #include "test_util.h"
@@ -271,6 +273,81 @@ TEST(Layers, BlurPoolIsReflectPaddedBinomialAndStateless) {
   EXPECT_TRUE(all_close(y_bf16, y32, 2e-2, 1e-2));  // bfloat16 rounding of input, filter and output
   EXPECT_EQ(asl::io::module_state_dict(*blur).size(), 0u);
   EXPECT_EQ(blur->buffers().size(), 0u);
+}
+
+// |a - b| <= tol * max|b| elementwise (a bfloat16 result against a float64 one).
+bool close_to_scale(const torch::Tensor& a, const torch::Tensor& b, double tol) {
+  const auto diff = (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
+  return diff <= tol * b.abs().max().item<double>();
+}
+
+// The value a bfloat16 kernel sees, in float64.
+torch::Tensor bf16_value(const torch::Tensor& t) { return t.to(torch::kBFloat16).to(torch::kFloat64); }
+
+// A bfloat16 result is its float32-accumulated value rounded once: within half a bfloat16 step (2^-9
+// relative) of the exact sum of the rounded operands, plus float32 summation order (~1e-6 of the scale).
+constexpr double kBf16OneRounding = 1.0 / 256;
+
+TEST(Layers, Bfloat16ConvAndLinearRunOnEveryCpu) {
+  // oneDNN runs bfloat16 from AVX-512 up; below it (AVX2 CPUs, or DNNL_MAX_CPU_ISA=AVX2) asl emulates.
+  const bool emulated = !asl::cpu_info().onednn_bf16;
+  SCOPED_TRACE(asl::describe(asl::cpu_info()));
+  torch::manual_seed(11);
+  EXPECT_EQ(asl::nn::functional::emulates_bf16(torch::ones({1}, torch::kBFloat16)), emulated);
+  EXPECT_FALSE(asl::nn::functional::emulates_bf16(torch::ones({1})));
+  {
+    asl::nn::BFloat16Autocast autocast(true);
+    EXPECT_EQ(asl::nn::functional::emulates_bf16(torch::ones({1})), emulated);
+  }
+  struct Case {
+    int64_t in, out, kernel, stride, groups;
+    bool bias;
+  };
+  for (const Case& c : {Case{8, 16, 3, 1, 1, false}, Case{16, 8, 1, 1, 1, true}, Case{8, 24, 3, 2, 1, true},
+                        Case{16, 16, 3, 2, 16, false}}) {
+    SCOPED_TRACE(std::to_string(c.in) + "->" + std::to_string(c.out) + " k" + std::to_string(c.kernel) + " s" +
+                 std::to_string(c.stride) + " g" + std::to_string(c.groups));
+    const auto x = torch::randn({2, c.in, 11, 11});
+    const auto w = torch::randn({c.out, c.in / c.groups, c.kernel, c.kernel});
+    const auto b = c.bias ? torch::randn({c.out}) : torch::Tensor();
+    const int64_t pad = c.kernel / 2;
+    const auto expected = torch::conv2d(bf16_value(x), bf16_value(w), c.bias ? bf16_value(b) : torch::Tensor(),
+                                        c.stride, pad, 1, c.groups);
+    // bfloat16 tensors, in both layouts.
+    for (const auto format : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
+      const auto y = asl::nn::functional::conv2d(x.to(torch::kBFloat16).contiguous(format), w.to(torch::kBFloat16),
+                                                 c.bias ? b.to(torch::kBFloat16) : torch::Tensor(), {c.stride, c.stride},
+                                                 {pad, pad}, {1, 1}, c.groups);
+      EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+      EXPECT_TRUE(close_to_scale(y, expected, kBf16OneRounding));
+    }
+    // float32 under autocast, with the gradient: d(sum y)/dx = conv_transpose of ones with w.
+    const auto xg = x.clone().requires_grad_(true);
+    torch::Tensor y;
+    {
+      asl::nn::BFloat16Autocast autocast(true);
+      y = asl::nn::functional::conv2d(xg, w, b, {c.stride, c.stride}, {pad, pad}, {1, 1}, c.groups);
+    }
+    EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+    EXPECT_TRUE(close_to_scale(y, expected, kBf16OneRounding));
+    y.to(torch::kFloat32).sum().backward();
+    const auto x64 = bf16_value(x).requires_grad_(true);
+    torch::conv2d(x64, bf16_value(w), torch::Tensor(), c.stride, pad, 1, c.groups).sum().backward();
+    ASSERT_TRUE(xg.grad().defined());
+    EXPECT_TRUE(close_to_scale(xg.grad(), x64.grad(), 2 * kBf16OneRounding));
+  }
+  // linear, as a bfloat16 tensor and under autocast.
+  const auto x = torch::randn({5, 40});
+  const auto w = torch::randn({7, 40});
+  const auto b = torch::randn({7});
+  const auto expected = torch::linear(bf16_value(x), bf16_value(w), bf16_value(b));
+  const auto y = asl::nn::functional::linear(x.to(torch::kBFloat16), w.to(torch::kBFloat16), b.to(torch::kBFloat16));
+  EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(close_to_scale(y, expected, kBf16OneRounding));
+  asl::nn::BFloat16Autocast autocast(true);
+  const auto ya = asl::nn::functional::linear(x, w, b);
+  EXPECT_EQ(ya.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(close_to_scale(ya, expected, kBf16OneRounding));
 }
 
 TEST(Layers, ActivatedBatchNormFormulaAndRunningStats) {

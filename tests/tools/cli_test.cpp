@@ -13,6 +13,7 @@
 #include "asl/io/npy.h"
 #include "asl/metrics/map.h"
 #include "asl/models/pretrained.h"
+#include "asl/runtime.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -117,6 +118,46 @@ TEST(CliInfer, PrintsTheClassesAboveTheThreshold) {
   }
   std::sort(detected.begin(), detected.end());
   EXPECT_EQ(detected, above);
+}
+
+// bfloat16 keeps 8 mantissa bits: scores (sigmoids of logits of a small random model) within 2e-2.
+constexpr double kBf16ScoreAtol = 2e-2;
+
+TEST(CliInfer, PrecisionFlagsOnEveryCpu) {
+  // --precision bf16 and its older spelling --bf16 run to the end on any CPU (emulated where bfloat16 is
+  // not native, with a warning), fused and unfused, and agree with the float32 library scores.
+  SCOPED_TRACE(asl::describe(asl::cpu_info()));
+  const std::string image = fixture("images/000000000885.jpg");
+  const torch::Tensor expected = library_scores({image}, 224, asl::data::ResampleFilter::bicubic)[0];
+  const bool native = asl::cpu_info().bf16_native;
+  for (const std::string flags : {" --precision bf16", " --bf16", " --precision bf16 --no-fuse"}) {
+    SCOPED_TRACE(flags);
+    const Result r = run("infer " + image + " --model-path " + fixture("tresnet/small.pth") + " --input-size 224 --json" +
+                         flags);
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(r.err.rfind("asl infer: precision bf16 (requested", 0), 0u) << r.err;
+    EXPECT_EQ(r.err.find("emulated") != std::string::npos, !native) << r.err;
+    const nlohmann::json j = nlohmann::json::parse(r.out);
+    const auto& all = j.at("scores");
+    ASSERT_EQ(static_cast<int64_t>(all.size()), expected.size(0));
+    for (int64_t k = 0; k < expected.size(0); ++k) {
+      EXPECT_NEAR(all[static_cast<size_t>(k)].get<double>(), expected[k].item<double>(), kBf16ScoreAtol) << k;
+    }
+  }
+  // validate/infer default to fp32; auto follows the CPU.
+  Result r = run("infer " + image + " --model-path " + fixture("tresnet/small.pth") + " --input-size 224 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err.rfind("asl infer: precision fp32 (requested)", 0), 0u) << r.err;
+  r = run("infer " + image + " --model-path " + fixture("tresnet/small.pth") + " --input-size 224 --precision auto");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err.rfind(native ? "asl infer: precision bf16 (auto" : "asl infer: precision fp32 (auto", 0), 0u) << r.err;
+  EXPECT_EQ(run("infer " + image + " --model-path " + fixture("tresnet/small.pth") + " --precision half").code, 2);
+  // --version names the CPU, its ISAs and what auto picks.
+  r = run("--version");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("oneDNN " + asl::cpu_info().onednn_isa), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("ATen " + asl::cpu_info().aten_isa), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("precision auto: "), std::string::npos) << r.out;
 }
 
 TEST(CliInfer, AnnotateWritesAnImage) {

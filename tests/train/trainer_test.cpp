@@ -17,6 +17,7 @@
 #include "asl/data/coco.h"
 #include "asl/io/checkpoint.h"
 #include "asl/models/registry.h"
+#include "asl/runtime.h"
 #include "asl/train/svg_plot.h"
 #include "asl/train/trainer.h"
 
@@ -208,6 +209,19 @@ TEST(Trainer, TinyRunLowersTheLossAndWritesItsOutputs) {
   EXPECT_TRUE(same_state(*last, *trainer.model()));
 }
 
+TEST(Trainer, Bfloat16AutocastTrainsOnEveryCpu) {
+  // Native bfloat16 where the CPU has it; oneDNN's or asl's emulation elsewhere (no oneDNN error).
+  SCOPED_TRACE(asl::describe(asl::cpu_info()));
+  Trainer trainer(tiny_data().train, tiny_data().val, tiny_options(temp_dir("bf16")).amp(true).epochs(5));
+  const asl::train::TrainResult r = trainer.run();
+  ASSERT_TRUE(r.finished);
+  ASSERT_EQ(r.history.size(), 5u);
+  for (const auto& e : r.history) EXPECT_TRUE(std::isfinite(e.train_loss));
+  EXPECT_LT(r.history.back().train_loss, 0.7 * r.history.front().train_loss)
+      << r.history.front().train_loss << " → " << r.history.back().train_loss;
+  for (const auto& p : trainer.model()->parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat32);  // master weights
+}
+
 TEST(Trainer, StoppingAfterAnyStepAndResumingEqualsTheUninterruptedRun) {
   const auto options = [](const fs::path& out) {
     return tiny_options(out).augment(asl::train::reference_augment()).deterministic(true).epoch_checkpoints(false);
@@ -367,6 +381,9 @@ TEST(TrainerCli, MidRunCheckpointLoadsInAslValidateAndTrainingResumes) {
                                  " --workers 1 --threads 2 --seed 1 --out " + out.string();
   CliResult r = run_asl(train_args + " --max-steps 2");
   ASSERT_EQ(r.code, 0) << r.err;
+  // The first line says which precision `auto` chose, and why.
+  const std::string chosen = asl::cpu_info().bf16_native ? "precision bf16 (auto" : "precision fp32 (auto";
+  EXPECT_EQ(r.err.rfind("asl train: " + chosen, 0), 0u) << r.err;
   EXPECT_NE(r.out.find("--resume"), std::string::npos) << r.out;
   ASSERT_TRUE(fs::exists(out / "last.pth"));
   EXPECT_FALSE(fs::exists(out / "model-highest.pth"));
@@ -408,6 +425,9 @@ TEST(TrainerCli, MidRunCheckpointLoadsInAslValidateAndTrainingResumes) {
   EXPECT_TRUE(fs::exists(out / "csv" / "last.pth"));
 
   // Usage errors: a bad flag value fails with a message and no output.
+  r = run_asl("train " + data_args + " --layers 1,1,1,1 --precision fp16 --out " + (out / "x").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("fp16"), std::string::npos) << r.err;
   r = run_asl("train " + data_args + " --layers 1,1,1,1 --image-size 33 --out " + (out / "x").string());
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("multiple of 32"), std::string::npos) << r.err;

@@ -33,7 +33,7 @@ struct InferParams {
   int64_t batch_size = 16;
   int64_t workers = 2;
   bool fuse = true;
-  bool bf16 = false;
+  PrecisionFlags precision{"fp32"};
   int64_t max_pixels = data::kDefaultMaxPixels;
 };
 
@@ -116,7 +116,7 @@ int run_infer(const InferParams& p) {
   models::ClassifierOptions mo;
   mo.model_name = p.model_name;
   mo.fuse = p.fuse;
-  mo.bf16 = p.bf16;
+  mo.bf16 = announce_precision("infer", p.precision).bf16;
   models::Classifier model = models::load_classifier(p.model_path, mo);
 
   std::filesystem::path annotate_dir;
@@ -196,7 +196,7 @@ void register_infer(CLI::App& app, Runner& run) {
   cmd->add_option("--workers", p->workers, "decoding threads")->capture_default_str();
   cmd->add_option("--threads", p->threads, "compute threads (0: all cores)")->capture_default_str();
   cmd->add_flag("--fuse,!--no-fuse", p->fuse, "fold the norms into the convs (inference fast path)")->capture_default_str();
-  cmd->add_flag("--bf16", p->bf16, "run the fused model in bfloat16");
+  add_precision_flags(cmd, p->precision, "--bf16", "run the model in bfloat16");
   cmd->add_option("--max-pixels", p->max_pixels, "refuse images larger than this many pixels")->capture_default_str();
   cmd->callback([p, &run] { run = [p] { return run_infer(*p); }; });
 }

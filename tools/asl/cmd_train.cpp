@@ -39,7 +39,7 @@ struct TrainParams {
   double gamma_neg = 4;
   double gamma_pos = 0;
   double clip = 0.05;
-  bool amp = false;
+  PrecisionFlags precision{"auto"};
   bool augment = true;
   int64_t workers = 2;
   int threads = 0;
@@ -94,6 +94,8 @@ std::string lr_string(double lr) {
 
 int run_train(const TrainParams& p) {
   set_threads(p.threads);
+  // bf16 is the forward under bfloat16 autocast (the recipe's mixed precision); the loss stays float32.
+  const bool amp = announce_precision("train", p.precision).bf16;
   train::LabeledImages train_set =
       p.train_data.empty()
           ? coco_set(p.annotations, p.images, p.data_dir, p.split, p.keep_empty, "--annotations and --images")
@@ -114,7 +116,7 @@ int run_train(const TrainParams& p) {
       .stop_epoch(p.stop_epoch)
       .weight_decay(p.weight_decay)
       .ema_decay(p.ema_decay)
-      .amp(p.amp)
+      .amp(amp)
       .workers(p.workers)
       .seed(p.seed)
       .out_dir(p.out)
@@ -237,7 +239,7 @@ void register_train(CLI::App& app, Runner& run) {
   cmd->add_option("--gamma-neg,--gamma_neg", p->gamma_neg, "ASL focusing parameter of negatives")->capture_default_str();
   cmd->add_option("--gamma-pos,--gamma_pos", p->gamma_pos, "ASL focusing parameter of positives")->capture_default_str();
   cmd->add_option("--clip", p->clip, "ASL probability margin of negatives (0: none)")->capture_default_str();
-  cmd->add_flag("--amp", p->amp, "forward under bfloat16 autocast (the loss stays float32)");
+  add_precision_flags(cmd, p->precision, "--amp", "forward under bfloat16 autocast (the loss stays float32)");
   cmd->add_flag("--augment,!--no-augment", p->augment, "Cutout + RandAugment on the training images")
       ->capture_default_str();
   cmd->add_option("--workers", p->workers, "decoding/augmentation threads")->capture_default_str();

@@ -34,7 +34,7 @@ struct ValidateParams {
   double thre = 0.8;
   int threads = 0;
   bool fuse = true;
-  bool bf16 = false;
+  PrecisionFlags precision{"fp32"};
   bool keep_empty = false;
   int64_t max_pixels = data::kDefaultMaxPixels;
   std::string save_preds;
@@ -68,7 +68,7 @@ int run_validate(const ValidateParams& p) {
   models::ClassifierOptions mo;
   mo.model_name = p.model_name;
   mo.fuse = p.fuse;
-  mo.bf16 = p.bf16;
+  mo.bf16 = announce_precision("validate", p.precision).bf16;
   models::Classifier model = models::load_classifier(p.model_path, mo);
   if (model.num_classes() != dataset.num_classes()) {
     throw std::runtime_error(p.model_path + ": the model has " + std::to_string(model.num_classes()) + " classes but " +
@@ -176,7 +176,7 @@ void register_validate(CLI::App& app, Runner& run) {
       ->capture_default_str();
   cmd->add_option("--threads", p->threads, "compute threads (0: all cores)")->capture_default_str();
   cmd->add_flag("--fuse,!--no-fuse", p->fuse, "fold the norms into the convs (inference fast path)")->capture_default_str();
-  cmd->add_flag("--bf16", p->bf16, "run the fused model in bfloat16");
+  add_precision_flags(cmd, p->precision, "--bf16", "run the model in bfloat16");
   cmd->add_flag("--keep-empty,--keep_empty", p->keep_empty, "keep images without annotations as all-negative");
   cmd->add_option("--max-pixels", p->max_pixels, "refuse images larger than this many pixels")->capture_default_str();
   cmd->add_option("--save-preds,--save_preds", p->save_preds, "write scores.npy, targets.npy and images.txt to this folder");

@@ -2,8 +2,11 @@
 #pragma once
 
 #include <functional>
+#include <string>
 
 #include <CLI/CLI.hpp>
+
+#include "asl/runtime.h"
 
 namespace asl::cli {
 
@@ -22,6 +25,18 @@ void register_infer(CLI::App& app, Runner& run);
 
 /// Sets LibTorch's intra-op threads: `threads` when positive, else every core.
 void set_threads(int threads);
+
+/// --precision auto|fp32|bf16 and an older flag that means bf16 (--bf16, --amp).
+struct PrecisionFlags {
+  std::string precision;
+  bool legacy_bf16 = false;
+};
+void add_precision_flags(CLI::App* cmd, PrecisionFlags& flags, const std::string& legacy_flag,
+                         const std::string& legacy_help);
+
+/// Resolves the flags on this CPU and prints the run's first line, "asl <command>: precision <why>", on
+/// stderr (a warning where bf16 is asked for but not native).
+PrecisionChoice announce_precision(const std::string& command, const PrecisionFlags& flags);
 
 /// `asl train DIR …`: ASL training with the reference's recipe (cmd_train.cpp).
 void register_train(CLI::App& app, Runner& run);

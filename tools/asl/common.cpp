@@ -1,4 +1,5 @@
 // Helpers shared by the subcommands.
+#include <iostream>
 #include <thread>
 
 #include <ATen/Parallel.h>
@@ -10,6 +11,22 @@ namespace asl::cli {
 void set_threads(int threads) {
   const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(n);
+}
+
+void add_precision_flags(CLI::App* cmd, PrecisionFlags& flags, const std::string& legacy_flag,
+                         const std::string& legacy_help) {
+  cmd->add_option("--precision", flags.precision,
+                  "compute precision: auto (bf16 where the CPU has native bfloat16, else fp32), fp32 or bf16")
+      ->check(CLI::IsMember({"auto", "fp32", "float32", "bf16", "bfloat16"}))
+      ->capture_default_str();
+  cmd->add_flag(legacy_flag, flags.legacy_bf16, legacy_help + " (the same as --precision bf16)");
+}
+
+PrecisionChoice announce_precision(const std::string& command, const PrecisionFlags& flags) {
+  const Precision requested = flags.legacy_bf16 ? Precision::BFloat16 : parse_precision(flags.precision);
+  PrecisionChoice choice = resolve_precision(requested);
+  std::cerr << "asl " << command << ": precision " << choice.reason << "\n";
+  return choice;
 }
 
 }  // namespace asl::cli

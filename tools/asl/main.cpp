@@ -11,7 +11,10 @@
 int main(int argc, char** argv) {
   asl::tune_allocator();  // large tensors reuse freed heap memory instead of faulting in fresh pages
   CLI::App app{"asl — multi-label image classification with the Asymmetric Loss (C++ / LibTorch)"};
-  app.set_version_flag("--version", std::string("asl ") + asl::version());
+  app.set_version_flag("--version", [] {
+    return std::string("asl ") + asl::version() + "\nCPU: " + asl::describe(asl::cpu_info()) +
+           "\nprecision auto: " + asl::resolve_precision(asl::Precision::Auto).reason;
+  });
   app.require_subcommand(0, 1);
   asl::cli::Runner run;
   asl::cli::register_ckpt(app, run);

@@ -18,7 +18,8 @@ struct ClassifierOptions {
   std::string model_name = "auto";
   /// Fold the norms into the convs and run channels-last (inference only).
   bool fuse = true;
-  /// Run the fused model in bfloat16 (ignored without fuse).
+  /// Compute in bfloat16: a bfloat16 fused model, or bfloat16 autocast without fuse. Emulated (correct,
+  /// slow) where the CPU has no native bfloat16 (asl::cpu_info()).
   bool bf16 = false;
 };
 
@@ -32,6 +33,8 @@ struct Classifier {
   TResNet model{nullptr};
   /// Its fused form when ClassifierOptions::fuse, else empty.
   FusedTResNet fused{nullptr};
+  /// Computes in bfloat16 (ClassifierOptions::bf16).
+  bool bf16 = false;
   /// Class names by index: the checkpoint's idx_to_class, "class_<i>" where it has none.
   std::vector<std::string> class_names;
   int64_t num_classes() const { return options.num_classes(); }

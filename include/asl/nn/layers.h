@@ -11,6 +11,7 @@
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
 
@@ -83,6 +84,26 @@ struct ConvNormActOptions {
 };
 
 namespace functional {
+
+/// Whether a convolution or matrix product on `input` computes in bfloat16 (a bfloat16 CPU input, or a
+/// float32 one under bfloat16 CPU autocast) on a CPU where oneDNN cannot run bfloat16 primitives
+/// (asl::cpu_info().onednn_bf16 false: no AVX-512, or DNNL_MAX_CPU_ISA below AVX512_CORE). LibTorch
+/// would either throw oneDNN's "could not create a primitive descriptor" there or take its scalar
+/// bfloat16 kernels (an order of magnitude slower); conv2d and linear below emulate instead.
+bool emulates_bf16(const torch::Tensor& input);
+
+/// torch::conv2d, except where emulates_bf16(input): then computed in float32 from the bfloat16-rounded
+/// input, weight and bias (autocast off) and rounded to bfloat16 — a bfloat16 convolution with float32
+/// accumulation, as oneDNN's, on any CPU. Differentiable either way.
+torch::Tensor conv2d(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
+                     torch::IntArrayRef stride, torch::IntArrayRef padding, torch::IntArrayRef dilation,
+                     int64_t groups);
+/// The module's convolution (zero padding given as numbers) through conv2d above.
+torch::Tensor conv2d(const torch::nn::Conv2dImpl& conv, const torch::Tensor& input);
+
+/// torch::nn::functional::linear with the same bfloat16 emulation as conv2d.
+torch::Tensor linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias);
+torch::Tensor linear(const torch::nn::LinearImpl& linear, const torch::Tensor& input);
 
 /// (N, C, H, W) -> (N, C*b*b, H/b, W/b), channel index (row-in-block * b + col-in-block) * C + c, as the
 /// reference's SpaceToDepthModule. A channels-last input gives a channels-last output.
@@ -176,7 +197,8 @@ class ConvNormActImpl : public torch::nn::Cloneable<ConvNormActImpl> {
   /// Fused form only: from now on the conv runs oneDNN's prepacked convolution with a copy of the
   /// current weight and bias (reordered once; input_size only guides the layout choice). Later
   /// changes to conv's parameters are not seen until pack() or unpack() is called again. A no-op
-  /// where LibTorch lacks the prepacked op or the weight is not a float32/bfloat16 CPU tensor.
+  /// where LibTorch lacks the prepacked op, the weight is not a float32/bfloat16 CPU tensor, or it is
+  /// bfloat16 and oneDNN cannot run bfloat16 on this CPU (asl::cpu_info().onednn_bf16).
   void pack(std::vector<int64_t> input_size);
   void unpack();
   bool packed() const { return packed_ != nullptr; }

@@ -18,7 +18,8 @@ class PackedConv2d {
 
   /// Packs weight (out x in/groups x kh x kw, float32 or bfloat16, CPU) and an optional bias of the
   /// same dtype. input_size (N, C, H, W) only guides oneDNN's choice of weight layout; any input size
-  /// gives the same results as torch::conv2d. Throws if not available().
+  /// gives the same results as torch::conv2d. Throws if not available(), or for bfloat16 where oneDNN
+  /// cannot run it (asl::cpu_info().onednn_bf16 false).
   PackedConv2d(const torch::Tensor& weight, const torch::Tensor& bias, std::vector<int64_t> stride,
                std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
                std::vector<int64_t> input_size);
