@@ -3,8 +3,11 @@
 
 #include <ATen/Parallel.h>
 
+#include "asl/runtime.h"
+
 int main(int argc, char** argv) {
   at::set_num_threads(2);
+  benchmark::AddCustomContext("asl_cpu", asl::describe(asl::cpu_info()));
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

@@ -1,12 +1,12 @@
 // TResNet-M at 224x224: eval (unfused NCHW fp32, fused channels-last fp32, fused bf16) and one training step.
 #include <benchmark/benchmark.h>
 
-#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include "asl/models/fuse.h"
 #include "asl/models/registry.h"
 #include "asl/models/tresnet.h"
+#include "asl/nn/autocast.h"
 #include "asl/nn/loss.h"
 #include "asl/runtime.h"
 
@@ -33,6 +33,11 @@ asl::models::TResNet make_model() {
     }
   }
   return model;
+}
+
+// A bfloat16 case on a CPU without native bfloat16 still runs (oneDNN's or asl's emulation), labelled so.
+void label_bf16(benchmark::State& state) {
+  if (!asl::cpu_info().bf16_native) state.SetLabel("bf16 emulated: no native bfloat16 (oneDNN " + asl::cpu_info().onednn_isa + ")");
 }
 
 void set_counters(benchmark::State& state, int64_t batch) {
@@ -66,6 +71,7 @@ void BM_EvalFused(benchmark::State& state) {
   auto fused = asl::models::fuse_for_inference(
       model, asl::models::FuseOptions().dtype(BFloat16 ? torch::kBFloat16 : torch::kFloat32));
   const auto x = torch::randn({batch, 3, kSize, kSize});
+  if (BFloat16) label_bf16(state);
   fused->forward(x);  // warm-up
   for (auto _ : state) {
     auto y = fused->forward(x);
@@ -88,11 +94,11 @@ void BM_TrainStep(benchmark::State& state) {
     optimizer.zero_grad();
     torch::Tensor loss;
     if (BFloat16) {
-      at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-      at::autocast::set_cpu_enabled(true);
-      const auto logits = model->forward(x);
-      at::autocast::set_cpu_enabled(false);
-      at::autocast::clear_cache();
+      torch::Tensor logits;
+      {
+        asl::nn::BFloat16Autocast autocast(true);
+        logits = model->forward(x);
+      }
       loss = asl::nn::functional::asymmetric_loss_optimized(logits.to(torch::kFloat32), targets, loss_options);
     } else {
       loss = asl::nn::functional::asymmetric_loss_optimized(model->forward(x), targets, loss_options);
@@ -101,6 +107,7 @@ void BM_TrainStep(benchmark::State& state) {
     optimizer.step();
     return loss;
   };
+  if (BFloat16) label_bf16(state);
   step();  // warm-up: primitives and Adam's moment buffers
   for (auto _ : state) {
     auto loss = step();

@@ -13,6 +13,7 @@ VAL_IMAGES=${DEMO_VAL:-500}
 EPOCHS=${DEMO_EPOCHS:-6}
 SIZE=${DEMO_SIZE:-64}
 THREADS=${DEMO_THREADS:-0}
+PRECISION=${DEMO_PRECISION:-auto}
 SEEDS=${SEEDS:-0}
 CELL=$((SIZE / 2))
 
@@ -36,7 +37,7 @@ for entry in "${LOSSES[@]}"; do
     echo "== $name (gamma-=$gneg gamma+=$gpos clip=$clip), seed $seed -> $run"
     rm -rf "$run"
     "$ASL" train "$OUT/data" --model-name tresnet_m --image-size "$SIZE" --batch-size 32 --lr 1e-3 \
-      --epochs "$EPOCHS" --stop-epoch 0 --ema-decay 0.99 --amp --workers 1 --threads "$THREADS" --seed "$seed" \
+      --epochs "$EPOCHS" --stop-epoch 0 --ema-decay 0.99 --precision "$PRECISION" --workers 1 --threads "$THREADS" --seed "$seed" \
       --gamma-neg "$gneg" --gamma-pos "$gpos" --clip "$clip" --no-epoch-checkpoints --out "$run" > "$run.log" 2>&1 ||
       { tail -5 "$run.log" >&2; exit 1; }
     best=$(tail -n 1 "$run/metrics.jsonl" | sed -n 's/.*"mAP_highest":\([0-9.eE+-]*\).*/\1/p')

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make demo: builds the fashion-mosaic dataset, trains a TResNet-M with ASL on it, validates, annotates a few images.
 # Everything goes to runs/demo/ (git-ignored). Sized to finish within 15 minutes on a 2-core CPU.
-# Usage: scripts/demo.sh [BUILD_DIR]   (environment: DEMO_TRAIN, DEMO_VAL, DEMO_EPOCHS, DEMO_SIZE, DEMO_THREADS)
+# Usage: scripts/demo.sh [BUILD_DIR]   (environment: DEMO_TRAIN, DEMO_VAL, DEMO_EPOCHS, DEMO_SIZE, DEMO_THREADS, DEMO_PRECISION)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ VAL_IMAGES=${DEMO_VAL:-500}
 EPOCHS=${DEMO_EPOCHS:-6}
 SIZE=${DEMO_SIZE:-64}
 THREADS=${DEMO_THREADS:-0}
+PRECISION=${DEMO_PRECISION:-auto}
 # Half the cell of a 2x2 grid at the training resolution: the mosaics need no resizing.
 CELL=$((SIZE / 2))
 
@@ -29,10 +30,11 @@ rm -rf "$OUT/data"
 
 echo "== 2/4 training TResNet-M at ${SIZE}px for $EPOCHS epochs (ASL gamma-=4 gamma+=0 clip=0.05, Adam + one-cycle, EMA)"
 # The reference's recipe, except what a minutes-long run from scratch needs: a higher peak learning
-# rate, an EMA that can follow a few hundred steps, bfloat16 autocast (AMX/AVX-512 BF16 when present).
+# rate, an EMA that can follow a few hundred steps. Precision auto: bfloat16 autocast where the CPU has
+# native bfloat16 (AMX or AVX512_BF16), float32 elsewhere (DEMO_PRECISION overrides).
 rm -rf "$OUT/train"
 "$ASL" train "$OUT/data" --model-name tresnet_m --image-size "$SIZE" --batch-size 32 --lr 1e-3 \
-  --epochs "$EPOCHS" --stop-epoch 0 --ema-decay 0.99 --amp --workers 1 --threads "$THREADS" --seed 0 \
+  --epochs "$EPOCHS" --stop-epoch 0 --ema-decay 0.99 --precision "$PRECISION" --workers 1 --threads "$THREADS" --seed 0 \
   --no-epoch-checkpoints --out "$OUT/train"
 
 echo "== 3/4 validation of $OUT/train/model-highest.pth on the $VAL_IMAGES val mosaics"
