@@ -79,6 +79,12 @@ def main():
     if not os.path.isdir(a.baseline_dir):
         sys.exit(f"baseline folder not found: {a.baseline_dir}")
     print("asl benchmarks (2 threads; ratio = Python baseline time / asl time, higher is better)")
+    asl = os.path.join(a.build, "asl")
+    if os.path.exists(asl):
+        # The CPU as asl's kernels see it (ISAs after any DNNL_MAX_CPU_ISA / ATEN_CPU_CAPABILITY cap).
+        version = subprocess.run([asl, "--version"], check=True, capture_output=True, text=True).stdout
+        for line in version.splitlines()[1:]:
+            print(line, flush=True)
     for rows in (loss_rows, metrics_rows):
         for row in rows(a.build, a.baseline_dir, a.min_time):
             print(row, flush=True)

@@ -147,7 +147,7 @@ TEST(CliInfer, PrecisionFlagsOnEveryCpu) {
   // validate/infer default to fp32; auto follows the CPU.
   Result r = run("infer " + image + " --model-path " + fixture("tresnet/small.pth") + " --input-size 224 --json");
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_EQ(r.err.rfind("asl infer: precision fp32 (requested)", 0), 0u) << r.err;
+  EXPECT_EQ(r.err.rfind("asl infer: precision fp32 (the default)", 0), 0u) << r.err;
   r = run("infer " + image + " --model-path " + fixture("tresnet/small.pth") + " --input-size 224 --precision auto");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.err.rfind(native ? "asl infer: precision bf16 (auto" : "asl infer: precision fp32 (auto", 0), 0u) << r.err;

@@ -30,6 +30,7 @@ void set_threads(int threads);
 struct PrecisionFlags {
   std::string precision;
   bool legacy_bf16 = false;
+  CLI::Option* option = nullptr;  // set by add_precision_flags: tells a default from a choice
 };
 void add_precision_flags(CLI::App* cmd, PrecisionFlags& flags, const std::string& legacy_flag,
                          const std::string& legacy_help);

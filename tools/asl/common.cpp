@@ -15,7 +15,7 @@ void set_threads(int threads) {
 
 void add_precision_flags(CLI::App* cmd, PrecisionFlags& flags, const std::string& legacy_flag,
                          const std::string& legacy_help) {
-  cmd->add_option("--precision", flags.precision,
+  flags.option = cmd->add_option("--precision", flags.precision,
                   "compute precision: auto (bf16 where the CPU has native bfloat16, else fp32), fp32 or bf16")
       ->check(CLI::IsMember({"auto", "fp32", "float32", "bf16", "bfloat16"}))
       ->capture_default_str();
@@ -25,6 +25,11 @@ void add_precision_flags(CLI::App* cmd, PrecisionFlags& flags, const std::string
 PrecisionChoice announce_precision(const std::string& command, const PrecisionFlags& flags) {
   const Precision requested = flags.legacy_bf16 ? Precision::BFloat16 : parse_precision(flags.precision);
   PrecisionChoice choice = resolve_precision(requested);
+  const bool given = (flags.option != nullptr && flags.option->count() > 0) || flags.legacy_bf16;
+  const std::string requested_word = "(requested";
+  if (!given && choice.reason.find(requested_word) != std::string::npos) {
+    choice.reason.replace(choice.reason.find(requested_word), requested_word.size(), "(the default");
+  }
   std::cerr << "asl " << command << ": precision " << choice.reason << "\n";
   return choice;
 }
