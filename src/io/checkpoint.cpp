@@ -8,6 +8,8 @@
 #include <caffe2/serialize/inline_container.h>
 #include <torch/torch.h>
 
+#include "asl/io/file.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -139,13 +141,19 @@ uint64_t le(const unsigned char* p, int bytes) {
 
 /// One entry of a zip central directory.
 struct ZipEntry {
-  uint64_t size = 0;     // uncompressed
-  uint16_t method = 0;   // 0: stored
+  uint64_t size = 0;          // uncompressed
+  uint64_t compressed = 0;
+  uint64_t local_offset = 0;  // of the entry's local header
+  uint16_t method = 0;        // 0: stored
+  uint16_t flags = 0;
 };
 
-/// The zip central directory (entry name → size and method), used to check each storage record's
-/// size before reading it in place. Empty when the directory cannot be parsed; the caller then
-/// falls back to PyTorchStreamReader::getRecord, which does its own checks.
+/// The largest data.pkl asl inflates: a state dict's pickle is ~100 bytes per tensor plus the class names
+/// (about 0.3 MB for Open Images' 9605), so a compressed pickle declaring more is refused unread.
+constexpr uint64_t kMaxCompressedPickleBytes = uint64_t{64} << 20;
+
+/// The zip central directory (entry name → sizes, method, local header), read to check every record
+/// before anything is allocated or inflated. Empty when the directory cannot be parsed.
 std::unordered_map<std::string, ZipEntry> zip_directory(int fd, uint64_t file_size) {
   std::unordered_map<std::string, ZipEntry> out;
   const uint64_t tail_size = std::min<uint64_t>(file_size, 65535 + 22 + 20);
@@ -181,13 +189,15 @@ std::unordered_map<std::string, ZipEntry> zip_directory(int fd, uint64_t file_si
     if (cd.size() - pos < 46 || le(&cd[pos], 4) != 0x02014b50) return {};
     const unsigned char* h = &cd[pos];
     ZipEntry entry;
+    entry.flags = static_cast<uint16_t>(le(h + 8, 2));
     entry.method = static_cast<uint16_t>(le(h + 10, 2));
     entry.size = le(h + 24, 4);
-    const uint64_t comp = le(h + 20, 4), local = le(h + 42, 4);
+    entry.compressed = le(h + 20, 4);
+    entry.local_offset = le(h + 42, 4);
     const size_t name_len = le(h + 28, 2), extra_len = le(h + 30, 2), comment_len = le(h + 32, 2);
     if (cd.size() - pos - 46 < name_len + extra_len + comment_len) return {};
     std::string name(reinterpret_cast<const char*>(h + 46), name_len);
-    if (entry.size == 0xffffffff) {
+    if (entry.size == 0xffffffff || entry.compressed == 0xffffffff || entry.local_offset == 0xffffffff) {
       // Zip64 extra field (id 1): the 64-bit values present, in the order size, compressed size, offset.
       const unsigned char* x = h + 46 + name_len;
       size_t xp = 0;
@@ -195,20 +205,65 @@ std::unordered_map<std::string, ZipEntry> zip_directory(int fd, uint64_t file_si
       while (xp + 4 <= extra_len) {
         const uint64_t id = le(x + xp, 2), len = le(x + xp + 2, 2);
         if (xp + 4 + len > extra_len) return {};
-        if (id == 1 && len >= 8) {
-          entry.size = le(x + xp + 4, 8);
+        if (id == 1) {
+          uint64_t at = 0;
+          for (uint64_t* field : {&entry.size, &entry.compressed, &entry.local_offset}) {
+            if (*field != 0xffffffff) continue;
+            if (at + 8 > len) return {};
+            *field = le(x + xp + 4 + at, 8);
+            at += 8;
+          }
           found = true;
         }
         xp += 4 + len;
       }
       if (!found) return {};
     }
-    (void)comp;
-    (void)local;
+    if (out.count(name) != 0) return {};  // a name twice: which one a reader takes is ambiguous
     out[std::move(name)] = entry;
     pos += 46 + name_len + extra_len + comment_len;
   }
   return out;
+}
+
+/// Checks, before a record is read, that its local header agrees with the central directory (same name and
+/// method, and the same sizes where the local header carries them) and that its compressed bytes lie in
+/// the file. Throws naming the record otherwise.
+void check_local_header(int fd, uint64_t file_size, const std::string& path, const std::string& name,
+                        const ZipEntry& entry) {
+  auto bad = [&](const std::string& why) {
+    return std::runtime_error(path + ": zip entry " + name + ": " + why);
+  };
+  unsigned char h[30];
+  if (entry.local_offset > file_size || file_size - entry.local_offset < 30 || !pread_all(fd, h, 30, entry.local_offset) ||
+      le(h, 4) != 0x04034b50) {
+    throw bad("no local header at offset " + std::to_string(entry.local_offset));
+  }
+  const uint64_t method = le(h + 8, 2), comp = le(h + 18, 4), size = le(h + 22, 4);
+  const uint64_t name_len = le(h + 26, 2), extra_len = le(h + 28, 2);
+  if (method != entry.method) {
+    throw bad("local header says method " + std::to_string(method) + ", central directory " +
+              std::to_string(entry.method));
+  }
+  std::string local_name(static_cast<size_t>(name_len), '\0');
+  if (name_len != name.size() || !pread_all(fd, local_name.data(), name_len, entry.local_offset + 30) ||
+      local_name != name) {
+    throw bad("local header names another entry");
+  }
+  // Without a data descriptor (flag bit 3) the local sizes are the real ones (0xffffffff: in a zip64 extra).
+  if ((entry.flags & 8) == 0) {
+    if (size != 0xffffffff && size != entry.size) {
+      throw bad("local header says " + std::to_string(size) + " bytes, central directory " + std::to_string(entry.size));
+    }
+    if (comp != 0xffffffff && comp != entry.compressed) {
+      throw bad("local header says " + std::to_string(comp) + " compressed bytes, central directory " +
+                std::to_string(entry.compressed));
+    }
+  }
+  const uint64_t data = entry.local_offset + 30 + name_len + extra_len;
+  if (data > file_size || entry.compressed > file_size - data) throw bad("data runs past the end of the file");
+  if (entry.method == 0 && entry.compressed != entry.size) throw bad("stored entry with two sizes");
+  if (entry.method != 0 && entry.method != 8) throw bad("unsupported compression method " + std::to_string(entry.method));
 }
 
 /// A storage allocated while unpickling, filled from its record afterwards.
@@ -257,19 +312,43 @@ PyValue load_zip(const std::string& path) {
   if (::fstat(file.fd, &st) != 0) throw std::runtime_error(path + ": cannot stat: " + std::strerror(errno));
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
   try {
+    // Every record is checked against the central directory and its local header before LibTorch's
+    // reader allocates or inflates anything (a few KB of deflated zeros can declare gigabytes).
+    const std::unordered_map<std::string, ZipEntry> directory = zip_directory(file.fd, file_size);
+    if (directory.empty()) throw std::runtime_error(path + ": cannot read the zip central directory (not a zip file?)");
+    for (const auto& [name, entry] : directory) {
+      // LibTorch's reader inflates small records (version, byteorder) itself; storages are checked at use.
+      const bool storage_record = name.find("/data/") != std::string::npos;
+      if (entry.method != 0 && !storage_record && entry.size > kMaxCompressedPickleBytes) {
+        throw std::runtime_error(path + ": compressed zip entry " + name + " declares " + std::to_string(entry.size) +
+                                 " bytes (limit " + std::to_string(kMaxCompressedPickleBytes) + ")");
+      }
+    }
     caffe2::serialize::PyTorchStreamReader reader(path);
     if (!reader.hasRecord("data.pkl")) {
       throw std::runtime_error(path + ": zip archive has no data.pkl record (a TorchScript archive is not a checkpoint)");
     }
-    at::DataPtr pkl_ptr;
-    size_t pkl_size = 0;
-    std::tie(pkl_ptr, pkl_size) = reader.getRecord("data.pkl");
     // The archive folder, as PyTorchStreamReader finds it: the first entry's leading path component.
-    const std::unordered_map<std::string, ZipEntry> directory = zip_directory(file.fd, file_size);
     std::string prefix;
     for (const auto& [name, entry] : directory) {
       if (name.size() > 9 && name.compare(name.size() - 9, 9, "/data.pkl") == 0) prefix = name.substr(0, name.size() - 8);
     }
+    auto checked_entry = [&](const std::string& record) -> const ZipEntry& {
+      const auto it = directory.find(prefix + record);
+      if (prefix.empty() || it == directory.end()) {
+        throw std::runtime_error(path + ": record " + record + " is not in the zip central directory");
+      }
+      check_local_header(file.fd, file_size, path, it->first, it->second);
+      return it->second;
+    };
+    const ZipEntry& pkl_entry = checked_entry("data.pkl");
+    if (pkl_entry.method != 0 && pkl_entry.size > kMaxCompressedPickleBytes) {
+      throw std::runtime_error(path + ": compressed data.pkl declares " + std::to_string(pkl_entry.size) +
+                               " bytes (limit " + std::to_string(kMaxCompressedPickleBytes) + ")");
+    }
+    at::DataPtr pkl_ptr;
+    size_t pkl_size = 0;
+    std::tie(pkl_ptr, pkl_size) = reader.getRecord("data.pkl");
     std::vector<PendingRecord> pending;
     std::unordered_map<std::string, PyValue> storages;
     UnpickleOptions options;
@@ -296,10 +375,11 @@ PyValue load_zip(const std::string& path) {
                                   dtype_name(id.dtype) + ")");
       };
       PyStorage s;
-      const auto entry = prefix.empty() ? directory.end() : directory.find(prefix + record);
-      if (entry != directory.end() && entry->second.method == 0) {
+      const ZipEntry& entry = checked_entry(record);
+      // The declared size must be the storage's before anything is allocated or inflated.
+      if (entry.size != expected) throw size_error(entry.size);
+      if (entry.method == 0) {
         // Stored record: allocate now, read in place after unpickling.
-        if (entry->second.size != expected) throw size_error(entry->second.size);
         s.storage = c10::Storage(c10::Storage::use_byte_size_t(), expected, c10::GetCPUAllocator(), false);
         const uint64_t offset = reader.getRecordOffset(record);
         if (offset > file_size || expected > file_size - offset) throw size_error(file_size - std::min(offset, file_size));
@@ -531,35 +611,28 @@ void save(const std::string& path, const PyValue& value) {
     keys.emplace(impl, key);
     return key;
   });
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   try {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw std::runtime_error(path + ": cannot open for writing: " + std::strerror(errno));
-    {
-      caffe2::serialize::PyTorchStreamWriter writer([&](const void* buf, size_t n) -> size_t {
-        out.write(static_cast<const char*>(buf), static_cast<std::streamsize>(n));
-        return out ? n : 0;
-      });
-      writer.writeRecord("data.pkl", pkl.data(), pkl.size());
-      static const char empty = 0;
-      for (size_t i = 0; i < storages.size(); ++i) {
-        const void* data = storages[i].nbytes() > 0 ? storages[i].data() : &empty;
-        writer.writeRecord("data/" + std::to_string(i), data, storages[i].nbytes());
-      }
-      writer.writeEndOfFile();
-    }
-    out.flush();
-    if (!out) throw std::runtime_error(path + ": write error (disk full?)");
-    out.close();
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-      throw std::runtime_error(path + ": cannot rename temporary file into place: " + std::strerror(errno));
-    }
+    // The sink never fails (write_file_atomic records the first error and reports it after the writer
+    // is done), so LibTorch's writer, which finishes the archive in its destructor if it has to and
+    // would throw there, always runs to its explicit end.
+    write_file_atomic(
+        path,
+        [&](const ByteSink& sink) {
+          caffe2::serialize::PyTorchStreamWriter writer([&](const void* buf, size_t n) -> size_t {
+            sink(buf, n);
+            return n;
+          });
+          writer.writeRecord("data.pkl", pkl.data(), pkl.size());
+          static const char empty = 0;
+          for (size_t i = 0; i < storages.size(); ++i) {
+            const void* data = storages[i].nbytes() > 0 ? storages[i].data() : &empty;
+            writer.writeRecord("data/" + std::to_string(i), data, storages[i].nbytes());
+          }
+          writer.writeEndOfFile();
+        },
+        /*durable=*/true);
   } catch (const c10::Error& e) {
-    std::remove(tmp.c_str());
     throw std::runtime_error(path + ": cannot write checkpoint: " + c10_message(e));
-  } catch (...) {
-    std::remove(tmp.c_str());
-    throw;
   }
 }
 
