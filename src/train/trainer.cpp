@@ -337,12 +337,41 @@ struct Trainer::State {
     tm.set(PyValue::str("history"), hist);
     tm.set(PyValue::str("recipe"), recipe());
     m.set(PyValue::str("trainer"), t);
-    io::save(path(kResumeFile), root);
+    guarded_write([&] { io::save(path(kResumeFile), root); });
+    last_complete = position();
   }
 
-  void load_resume() {
+  // The position of the last last.pth written completely (by this process or the run it resumed).
+  std::string last_complete;
+
+  // Runs one checkpoint write; a failure (full disk, size limit, permissions) is rethrown naming what is
+  // still on disk to continue from, and nothing already written is touched.
+  template <typename Write>
+  void guarded_write(Write&& write) const {
+    try {
+      write();
+    } catch (const std::exception& e) {
+      throw std::runtime_error(std::string(e.what()) + "; " +
+                               (last_complete.empty()
+                                    ? "no complete checkpoint was written yet: free space, then train again (with "
+                                      "--resume it starts from the beginning)"
+                                    : "the last complete checkpoint is " + path(kResumeFile) + " (" + last_complete +
+                                          "): free space, then continue with --resume"));
+    }
+  }
+
+  std::string position() const {
+    return "epoch " + std::to_string(epoch + (step_in_epoch > 0 ? 1 : 0)) + ", step " + std::to_string(global_step);
+  }
+
+  // Returns false (and the run starts from the beginning) when the folder has no resume state yet, e.g.
+  // after a run that could not write its first checkpoint; a state that does not fit is an error.
+  bool load_resume() {
     const std::string file = path(kResumeFile);
-    if (!fs::exists(file)) throw std::runtime_error(file + ": no resume state (train without --resume first)");
+    if (!fs::exists(file)) {
+      message("no resume state in " + file + ": starting from the beginning");
+      return false;
+    }
     const PyValue root = io::load(file);
     if (!root.is_dict()) throw std::runtime_error(file + ": not a resume state (the root is a " + root.type_name() + ")");
     const PyValue& t = field(root, "trainer", file);
@@ -381,15 +410,19 @@ struct Trainer::State {
                                std::to_string(step_in_epoch) + ", global step " + std::to_string(global_step) + ")");
     }
     set_schedule_point();
+    last_complete = position();
     message("resumed from " + file + " at epoch " + std::to_string(epoch + 1) + ", step " +
             std::to_string(step_in_epoch) + "/" + std::to_string(steps_per_epoch));
+    return true;
   }
 
   void write_reports() const {
     std::string lines;
     for (const auto& r : history) lines += record_json(r).dump() + "\n";
-    io::write_file_atomic(path("metrics.jsonl"), lines);
-    io::write_file_atomic(path("training.svg"), training_svg(history));
+    guarded_write([&] {
+      io::write_file_atomic(path("metrics.jsonl"), lines);
+      io::write_file_atomic(path("training.svg"), training_svg(history));
+    });
   }
 
   // Sigmoid scores of the model and the EMA on the validation set; returns {mAP regular, mAP EMA}.
@@ -441,14 +474,16 @@ struct Trainer::State {
       highest_map = best_now;
       r.improved = true;
       const torch::nn::Module& better = map_ema > map_regular ? *ema->module() : static_cast<torch::nn::Module&>(*model);
-      io::save_checkpoint(path(kBestFile), io::module_state_dict(better), train.num_classes(), idx_to_class);
+      guarded_write([&] {
+        io::save_checkpoint(path(kBestFile), io::module_state_dict(better), train.num_classes(), idx_to_class);
+      });
       message(std::string("epoch ") + std::to_string(r.epoch) + ": " + kBestFile + " ← " +
               (map_ema > map_regular ? "EMA" : "model") + " weights");
     }
     r.highest_map = highest_map;
     if (o.epoch_checkpoints()) {
-      io::save_checkpoint(path("model-epoch-" + std::to_string(r.epoch) + ".pth"), io::module_state_dict(*model),
-                          train.num_classes(), idx_to_class);
+      const std::string file = path("model-epoch-" + std::to_string(r.epoch) + ".pth");
+      guarded_write([&] { io::save_checkpoint(file, io::module_state_dict(*model), train.num_classes(), idx_to_class); });
     }
     history.push_back(r);
     ++epoch;
@@ -643,6 +678,14 @@ int64_t Trainer::steps_per_epoch() const { return s_->steps_per_epoch; }
 TrainResult Trainer::run() {
   State& s = *s_;
   fs::create_directories(s.o.out_dir());
+  // Temporary files of a run that was killed mid-write (io/file.h) are removed before this one writes.
+  const std::vector<std::string> stale = io::remove_stale_temp_files(s.o.out_dir());
+  if (!stale.empty()) {
+    std::string names;
+    for (const auto& n : stale) names += (names.empty() ? "" : ", ") + n;
+    s.message("removed " + std::to_string(stale.size()) + " temporary file(s) of an interrupted run from " +
+              s.o.out_dir() + ": " + names);
+  }
   if (s.o.resume()) s.load_resume();
   TrainResult result;
   result.resume_path = s.path(kResumeFile);

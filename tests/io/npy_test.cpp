@@ -119,7 +119,7 @@ TEST(Npy, SaveIsAtomicAndLoadNamesMissingFile) {
   asl::io::save_npy(path, torch::arange(6, torch::kLong));
   EXPECT_TRUE(torch::equal(load_npy(path), torch::arange(6, torch::kLong)));
   for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    EXPECT_EQ(entry.path().filename().string().find(".tmp."), std::string::npos);
+    EXPECT_EQ(entry.path().filename().string().find(".asl-tmp-"), std::string::npos);
   }
   try {
     load_npy((dir / "missing.npy").string());
