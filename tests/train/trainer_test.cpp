@@ -7,6 +7,11 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <thread>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -137,11 +142,16 @@ std::string slurp(const fs::path& p) {
   return s.str();
 }
 
-CliResult run_asl(const std::string& args) {
+std::string asl_binary() {
   const char* bin = std::getenv("ASL_BINARY_DIR");
   if (bin == nullptr) throw std::runtime_error("ASL_BINARY_DIR is not set (run through ctest)");
+  return (fs::path(bin) / "asl").string();
+}
+
+// `shell_prefix` runs before asl in the same shell (e.g. "ulimit -f 100; trap '' XFSZ;").
+CliResult run_asl(const std::string& args, const std::string& shell_prefix = "") {
   const fs::path dir = temp_dir("cli_io");
-  const std::string cmd = (fs::path(bin) / "asl").string() + " " + args + " >" + (dir / "out").string() + " 2>" +
+  const std::string cmd = shell_prefix + asl_binary() + " " + args + " >" + (dir / "out").string() + " 2>" +
                           (dir / "err").string();
   const int status = std::system(cmd.c_str());
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(dir / "out"), slurp(dir / "err")};
@@ -439,6 +449,137 @@ TEST(TrainerCli, MidRunCheckpointLoadsInAslValidateAndTrainingResumes) {
   r = run_asl("train " + data_args + " --layers 1,1,1,1 --image-size 33 --out " + (out / "x").string());
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("multiple of 32"), std::string::npos) << r.err;
+}
+
+std::string tiny_cli_data_args(const TinyData& d) {
+  return "--annotations " + (d.root / "train" / "annotations.json").string() + " --images " +
+         (d.root / "train" / "images").string() + " --val-annotations " + (d.root / "val" / "annotations.json").string() +
+         " --val-images " + (d.root / "val" / "images").string();
+}
+
+std::vector<std::string> temp_files_in(const fs::path& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().filename().string().find(".asl-tmp-") != std::string::npos) out.push_back(e.path().filename().string());
+  }
+  return out;
+}
+
+TEST(TrainerCli, CheckpointWriteFailureSaysWhatIsLeftAndTrainingResumes) {
+  // Writes past 100 KiB (dash counts ulimit -f in 512-byte blocks) fail with EFBIG, as on a full disk:
+  // the tiny model's checkpoints (about 1 MB) cannot be written, metrics.jsonl can.
+  const std::string limited = "ulimit -f 200; trap '' XFSZ; ";
+  const fs::path out = temp_dir("write_failure");
+  const std::string train = "train " + tiny_cli_data_args(tiny_data()) +
+                            " --layers 1,1,1,1 --width-factor 0.25 --image-size 32 --batch-size 4 --epochs 2 --lr 1e-3"
+                            " --workers 1 --threads 2 --seed 3 --no-epoch-checkpoints --out " + out.string();
+  // 1. The first checkpoint fails: exit 1, the file and the OS reason named, nothing to continue from.
+  CliResult r = run_asl(train, limited);
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find((out / "model-highest.pth").string() + ": cannot write: File too large"), std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("no complete checkpoint was written yet"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("terminate called"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out / "model-highest.pth"));
+  EXPECT_TRUE(temp_files_in(out).empty());
+  // 2. With room again, --resume starts from the beginning; stopped after epoch 1 it leaves last.pth.
+  r = run_asl(train + " --resume --max-steps 3");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("starting from the beginning"), std::string::npos) << r.err;
+  ASSERT_TRUE(fs::exists(out / "last.pth"));
+  const std::string last = slurp(out / "last.pth"), best = slurp(out / "model-highest.pth");
+  // 3. The next checkpoint fails: the message names the last complete one, and nothing is touched.
+  r = run_asl(train + " --resume", limited);
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("File too large"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("the last complete checkpoint is " + (out / "last.pth").string() + " (epoch 1, step 3)"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(slurp(out / "last.pth"), last);
+  EXPECT_EQ(slurp(out / "model-highest.pth"), best);
+  EXPECT_TRUE(temp_files_in(out).empty());
+  // 4. With room, --resume finishes the run.
+  r = run_asl(train + " --resume");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("done: 2 epochs"), std::string::npos) << r.out;
+  EXPECT_EQ(read_lines(out / "metrics.jsonl").size(), 2u);
+}
+
+// The model and EMA weights and the position stored in a last.pth.
+struct FinalState {
+  asl::io::StateDict model, ema;
+  int64_t global_step = -1;
+};
+FinalState final_state(const fs::path& file) {
+  const asl::io::PyValue root = asl::io::load(file.string());
+  FinalState s;
+  s.model = asl::io::state_dict_from_value(*root.as_dict().find("model"), "model");
+  s.ema = asl::io::state_dict_from_value(*root.as_dict().find("ema"), "ema");
+  s.global_step = root.as_dict().find("trainer")->as_dict().find("global_step")->as_int();
+  return s;
+}
+
+TEST(TrainerCli, KilledFiveTimesAndResumedEqualsTheUninterruptedRun) {
+  const std::string train = "train " + tiny_cli_data_args(tiny_data()) +
+                            " --layers 1,1,1,1 --width-factor 0.25 --image-size 32 --batch-size 4 --epochs 12 --lr 1e-3"
+                            " --workers 1 --threads 2 --seed 5 --deterministic --no-epoch-checkpoints --out ";
+  const fs::path reference = temp_dir("kill_reference");
+  CliResult r = run_asl(train + reference.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+
+  const fs::path out = temp_dir("kill");
+  // The first try is killed at a random time early on (most likely before any checkpoint: the next try
+  // then starts from the beginning); each later one at a random point within about an epoch after it
+  // wrote a new last.pth, which lands in a step, a validation or a checkpoint write.
+  std::mt19937 rng(20261201);
+  std::uniform_real_distribution<double> early(0.05, 0.4), after_checkpoint(0.0, 0.15);
+  const auto stamp = [&] {
+    std::error_code ec;
+    const auto t = fs::last_write_time(out / "last.pth", ec);
+    return ec ? fs::file_time_type::min() : t;
+  };
+  int kills = 0, kills_after_a_checkpoint = 0;
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    const auto before = stamp();
+    const std::string cmd = "exec " + asl_binary() + " " + train + out.string() + " --resume >" +
+                            (out.parent_path() / "kill_log").string() + " 2>&1";
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    ASSERT_GT(pid, 0);
+    int status = 0;
+    bool ended = false;
+    if (attempt == 0) {
+      std::this_thread::sleep_for(std::chrono::duration<double>(early(rng)));
+    } else {
+      while (stamp() == before && !(ended = ::waitpid(pid, &status, WNOHANG) == pid)) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+      std::this_thread::sleep_for(std::chrono::duration<double>(after_checkpoint(rng)));
+    }
+    if (!ended && ::waitpid(pid, &status, WNOHANG) == 0) {  // still running: kill it wherever it is
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      ++kills;
+      kills_after_a_checkpoint += attempt > 0;
+    }
+    if (WIFEXITED(status)) ASSERT_EQ(WEXITSTATUS(status), 0) << slurp(out.parent_path() / "kill_log");
+  }
+  EXPECT_GE(kills_after_a_checkpoint, 3) << "the kills should interrupt resumed runs";
+  std::cout << kills << " kills (" << kills_after_a_checkpoint << " after a checkpoint of the try)\n";
+  r = run_asl(train + out.string() + " --resume");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(temp_files_in(out).empty());
+  const FinalState a = final_state(reference / "last.pth"), b = final_state(out / "last.pth");
+  EXPECT_EQ(a.global_step, b.global_step);
+  for (const auto* pair : {&a.model, &a.ema}) {
+    const auto& other = pair == &a.model ? b.model : b.ema;
+    ASSERT_EQ(pair->keys(), other.keys());
+    for (const auto& item : *pair) EXPECT_TRUE(torch::equal(item.value(), other[item.key()])) << item.key();
+  }
+  EXPECT_EQ(slurp(reference / "model-highest.pth"), slurp(out / "model-highest.pth"));
 }
 
 TEST(SvgPlot, DrawsEveryPointAndEscapesText) {
