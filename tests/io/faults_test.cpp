@@ -40,7 +40,7 @@ using asl::io::PyValue;
 namespace {
 
 fs::path temp_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("asl_faults_test_" + std::to_string(::getpid()) + "_" + name);
+  const fs::path d = fs::temp_directory_path() / ("asl_faults_test_" + name);
   fs::remove_all(d);
   fs::create_directories(d);
   return d;

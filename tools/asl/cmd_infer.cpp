@@ -125,7 +125,7 @@ int run_infer(const InferParams& p) {
     annotate_single_file = files.size() == 1 && is_image_name(p.annotate);
     if (!annotate_single_file) {
       annotate_dir = p.annotate;
-      std::filesystem::create_directories(annotate_dir);
+      prepare_output_folder("infer", annotate_dir.string());
     }
   }
 

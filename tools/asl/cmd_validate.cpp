@@ -116,7 +116,7 @@ int run_validate(const ValidateParams& p) {
   const metrics::ThresholdMetrics m = metrics::threshold_metrics(scores, targets, p.thre);
 
   if (!p.save_preds.empty()) {
-    std::filesystem::create_directories(p.save_preds);
+    prepare_output_folder("validate", p.save_preds);
     const std::filesystem::path dir(p.save_preds);
     io::save_npy((dir / "scores.npy").string(), scores);
     io::save_npy((dir / "targets.npy").string(), targets);

@@ -39,6 +39,10 @@ void add_precision_flags(CLI::App* cmd, PrecisionFlags& flags, const std::string
 /// stderr (a warning where bf16 is asked for but not native).
 PrecisionChoice announce_precision(const std::string& command, const PrecisionFlags& flags);
 
+/// Creates an output folder and removes the temporaries a killed run left there (io/file.h), with a line
+/// on stderr naming them.
+void prepare_output_folder(const std::string& command, const std::string& folder);
+
 /// `asl train DIR …`: ASL training with the reference's recipe (cmd_train.cpp).
 void register_train(CLI::App& app, Runner& run);
 

@@ -1,9 +1,11 @@
 // Helpers shared by the subcommands.
+#include <filesystem>
 #include <iostream>
 #include <thread>
 
 #include <ATen/Parallel.h>
 
+#include "asl/io/file.h"
 #include "commands.h"
 
 namespace asl::cli {
@@ -20,6 +22,16 @@ void add_precision_flags(CLI::App* cmd, PrecisionFlags& flags, const std::string
       ->check(CLI::IsMember({"auto", "fp32", "float32", "bf16", "bfloat16"}))
       ->capture_default_str();
   cmd->add_flag(legacy_flag, flags.legacy_bf16, legacy_help + " (the same as --precision bf16)");
+}
+
+void prepare_output_folder(const std::string& command, const std::string& folder) {
+  std::filesystem::create_directories(folder);
+  const std::vector<std::string> stale = io::remove_stale_temp_files(folder);
+  if (stale.empty()) return;
+  std::string names;
+  for (const auto& n : stale) names += (names.empty() ? "" : ", ") + n;
+  std::cerr << "asl " << command << ": removed " << stale.size() << " temporary file(s) of an interrupted run from "
+            << folder << ": " << names << "\n";
 }
 
 PrecisionChoice announce_precision(const std::string& command, const PrecisionFlags& flags) {

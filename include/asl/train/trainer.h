@@ -83,7 +83,7 @@ struct TrainerOptions {
   TORCH_ARG(uint64_t, seed) = 0;
   /// Output folder: checkpoints, metrics.jsonl, training.svg.
   TORCH_ARG(std::string, out_dir) = "runs/train";
-  /// Continue from out_dir/last.pth.
+  /// Continue from out_dir/last.pth (from the beginning, with a message, where there is none yet).
   TORCH_ARG(bool, resume) = false;
   /// Deterministic algorithms (at::globalContext()); with the fixed seeds a stopped and resumed run then
   /// reproduces the uninterrupted one bit for bit.
