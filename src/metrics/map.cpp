@@ -364,10 +364,9 @@ double mean_average_precision(const torch::Tensor& scores, const torch::Tensor& 
   return 100.0 * average_precision(scores, targets, definition).mean().item<double>();
 }
 
-ThresholdMetrics threshold_metrics(const torch::Tensor& scores_in, const torch::Tensor& targets_in, double threshold) {
-  check(scores_in, targets_in);
-  // Compared in float32, as the reference compares its float32 scores with the threshold.
-  const torch::Tensor predicted = scores_in.to(torch::kCPU, torch::kFloat32).gt(threshold);
+namespace {
+
+ThresholdMetrics counted_metrics(const torch::Tensor& predicted, const torch::Tensor& targets_in) {
   const torch::Tensor actual = targets_in.to(torch::kCPU).eq(1);
   const torch::Tensor tp = predicted.logical_and(actual).sum(0).to(torch::kFloat64);
   const torch::Tensor fp = predicted.logical_and(actual.logical_not()).sum(0).to(torch::kFloat64);
@@ -388,6 +387,23 @@ ThresholdMetrics threshold_metrics(const torch::Tensor& scores_in, const torch::
   m.OR = stp > 0 ? 100.0 * stp / (stp + sfn) : 0.0;
   m.OF1 = stp > 0 ? 2 * m.OP * m.OR / (m.OP + m.OR) : 0.0;
   return m;
+}
+
+}  // namespace
+
+ThresholdMetrics threshold_metrics(const torch::Tensor& scores_in, const torch::Tensor& targets_in, double threshold) {
+  check(scores_in, targets_in);
+  // Compared in float32, as the reference compares its float32 scores with the threshold.
+  return counted_metrics(scores_in.to(torch::kCPU, torch::kFloat32).gt(threshold), targets_in);
+}
+
+ThresholdMetrics threshold_metrics(const torch::Tensor& scores_in, const torch::Tensor& targets_in,
+                                   const torch::Tensor& thresholds) {
+  check(scores_in, targets_in);
+  TORCH_CHECK(thresholds.dim() == 1 && thresholds.size(0) == scores_in.size(1), "threshold_metrics: expected ",
+              scores_in.size(1), " thresholds, got shape ", thresholds.sizes());
+  const torch::Tensor t = thresholds.to(torch::kCPU, torch::kFloat64).view({1, -1});
+  return counted_metrics(scores_in.to(torch::kCPU, torch::kFloat32).to(torch::kFloat64).gt(t), targets_in);
 }
 
 }  // namespace asl::metrics

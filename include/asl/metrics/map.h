@@ -39,4 +39,8 @@ struct ThresholdMetrics {
 
 ThresholdMetrics threshold_metrics(const torch::Tensor& scores, const torch::Tensor& targets, double threshold);
 
+/// The same with one threshold per class (a tensor of C values, e.g. from tune_thresholds).
+ThresholdMetrics threshold_metrics(const torch::Tensor& scores, const torch::Tensor& targets,
+                                   const torch::Tensor& thresholds);
+
 }  // namespace asl::metrics
