@@ -6,13 +6,13 @@
 #include <sstream>
 
 #include <nlohmann/json.hpp>
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
 #include <torch/torch.h>
 
+#include "asl/data/annotate.h"
 #include "asl/data/image.h"
 #include "asl/data/loader.h"
 #include "asl/io/file.h"
+#include "asl/metrics/thresholds.h"
 #include "asl/models/pretrained.h"
 #include "commands.h"
 
@@ -26,6 +26,7 @@ struct InferParams {
   int64_t input_size = 448;
   std::string dataset_type = "MS-COCO";
   double th = -1;  // < 0: the dataset type's default
+  std::string thresholds;
   int64_t top_k = 0;
   bool json = false;
   std::string annotate;
@@ -74,33 +75,13 @@ std::string annotated_jpeg(const std::string& path, const std::vector<Detection>
                            const std::vector<std::string>& names, int64_t max_pixels) {
   data::DecodeOptions d;
   d.max_pixels = max_pixels;
-  const data::Image img = data::load_image(path, d);
-  cv::Mat rgb(static_cast<int>(img.height), static_cast<int>(img.width), CV_8UC3,
-              const_cast<uint8_t*>(img.pixels.data()));
-  cv::Mat bgr;
-  cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
-  const double scale = std::max(0.4, std::min(bgr.cols, bgr.rows) / 600.0);
-  const int thickness = std::max(1, static_cast<int>(scale * 1.5));
-  int y = 0;
   std::vector<std::string> lines;
   for (const auto& f : found) {
     std::ostringstream s;
     s << names[static_cast<size_t>(f.index)] << " " << std::fixed << std::setprecision(2) << f.score;
     lines.push_back(s.str());
   }
-  if (lines.empty()) lines.push_back("(nothing detected)");
-  for (const auto& line : lines) {
-    int baseline = 0;
-    const cv::Size size = cv::getTextSize(line, cv::FONT_HERSHEY_SIMPLEX, scale, thickness, &baseline);
-    const int h = size.height + baseline + 6;
-    cv::rectangle(bgr, cv::Rect(0, y, size.width + 8, h), cv::Scalar(0, 0, 0), cv::FILLED);
-    cv::putText(bgr, line, cv::Point(4, y + size.height + 3), cv::FONT_HERSHEY_SIMPLEX, scale, cv::Scalar(255, 255, 255),
-                thickness, cv::LINE_AA);
-    y += h;
-  }
-  std::vector<uchar> buf;
-  if (!cv::imencode(".jpg", bgr, buf)) throw std::runtime_error(path + ": cannot encode the annotated image");
-  return std::string(buf.begin(), buf.end());
+  return data::encode_jpeg(data::annotate(data::load_image(path, d), lines).image);
 }
 
 int run_infer(const InferParams& p) {
@@ -118,6 +99,7 @@ int run_infer(const InferParams& p) {
   mo.fuse = p.fuse;
   mo.bf16 = announce_precision("infer", p.precision).bf16;
   models::Classifier model = models::load_classifier(p.model_path, mo);
+  if (!p.thresholds.empty()) model.thresholds = metrics::load_thresholds(p.thresholds, model.class_names).thresholds;
 
   std::filesystem::path annotate_dir;
   bool annotate_single_file = false;
@@ -142,7 +124,7 @@ int run_infer(const InferParams& p) {
       const float* row = scores[b].data_ptr<float>();
       std::vector<Detection> found;
       for (int64_t k = 0; k < scores.size(1); ++k) {
-        if (row[k] > th) found.push_back({k, row[k]});
+        if (row[k] > model.threshold(k, th)) found.push_back({k, row[k]});
       }
       std::stable_sort(found.begin(), found.end(), [](const Detection& a, const Detection& b2) { return a.score > b2.score; });
       if (p.top_k > 0 && static_cast<int64_t>(found.size()) > p.top_k) found.resize(static_cast<size_t>(p.top_k));
@@ -189,6 +171,8 @@ void register_infer(CLI::App& app, Runner& run) {
   cmd->add_option("--dataset-type,--dataset_type", p->dataset_type, "MS-COCO or OpenImages (sets the default threshold)")
       ->capture_default_str();
   cmd->add_option("--th", p->th, "detection threshold (default 0.7 for MS-COCO, 0.995 for OpenImages)");
+  cmd->add_option("--thresholds", p->thresholds,
+                  "per-class thresholds from asl validate --tune-thresholds (their class names must match the model's)");
   cmd->add_option("--top-k,--top_k", p->top_k, "print at most K detections per image (0: all)")->capture_default_str();
   cmd->add_flag("--json", p->json, "one JSON object per image and line, with all scores");
   cmd->add_option("--annotate", p->annotate, "write the images with their detections drawn (a .jpg file for one image, else a folder)");

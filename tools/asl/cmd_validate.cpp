@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -14,6 +15,7 @@
 #include "asl/io/file.h"
 #include "asl/io/npy.h"
 #include "asl/metrics/map.h"
+#include "asl/metrics/thresholds.h"
 #include "asl/models/pretrained.h"
 #include "commands.h"
 #include "progress.h"
@@ -40,7 +42,39 @@ struct ValidateParams {
   std::string save_preds;
   bool json = false;
   bool per_class = false;
+  std::string tune_thresholds;
+  double tune_fraction = 1.0;
+  uint64_t seed = 0;
 };
+
+// Per-class thresholds tuned on a seeded fraction of the images and scored on the rest (on all of them
+// when the fraction is 1, which is optimistic: the same images choose and judge).
+struct TunedResult {
+  metrics::ThresholdMetrics global, tuned;
+  int64_t tuned_on = 0, scored_on = 0;
+};
+
+TunedResult tune_and_score(const torch::Tensor& scores, const torch::Tensor& targets, const ValidateParams& p,
+                           const std::vector<std::string>& class_names) {
+  const int64_t n = scores.size(0);
+  if (!(p.tune_fraction > 0 && p.tune_fraction <= 1)) {
+    throw std::runtime_error("--tune-fraction must be in (0, 1], got " + std::to_string(p.tune_fraction));
+  }
+  torch::Tensor tune_idx = torch::arange(n), score_idx = torch::arange(n);
+  if (p.tune_fraction < 1) {
+    const torch::Tensor order = torch::randperm(n, torch::Generator(at::detail::createCPUGenerator(p.seed)));
+    const int64_t k = std::max<int64_t>(1, std::min<int64_t>(n - 1, static_cast<int64_t>(p.tune_fraction * n + 0.5)));
+    tune_idx = order.narrow(0, 0, k);
+    score_idx = order.narrow(0, k, n - k);
+  }
+  const auto thresholds = metrics::tune_thresholds(scores.index_select(0, tune_idx), targets.index_select(0, tune_idx), p.thre);
+  metrics::save_thresholds(p.tune_thresholds, class_names, thresholds, p.thre);
+  torch::Tensor t = torch::empty({static_cast<int64_t>(thresholds.size())}, torch::kFloat64);
+  for (size_t k = 0; k < thresholds.size(); ++k) t[static_cast<int64_t>(k)] = thresholds[k].threshold;
+  const torch::Tensor s = scores.index_select(0, score_idx), y = targets.index_select(0, score_idx);
+  return {metrics::threshold_metrics(s, y, p.thre), metrics::threshold_metrics(s, y, t), tune_idx.size(0),
+          score_idx.size(0)};
+}
 
 int run_validate(const ValidateParams& p) {
   set_threads(p.threads);
@@ -114,6 +148,8 @@ int run_validate(const ValidateParams& p) {
   const torch::Tensor ap = metrics::average_precision(scores, targets);
   const double map = 100.0 * ap.mean().item<double>();
   const metrics::ThresholdMetrics m = metrics::threshold_metrics(scores, targets, p.thre);
+  std::optional<TunedResult> tuned;
+  if (!p.tune_thresholds.empty()) tuned = tune_and_score(scores, targets, p, model.class_names);
 
   if (!p.save_preds.empty()) {
     prepare_output_folder("validate", p.save_preds);
@@ -130,6 +166,11 @@ int run_validate(const ValidateParams& p) {
                           {"OP", m.OP},  {"OR", m.OR},   {"OF1", m.OF1}, {"images_per_s", images_per_s},
                           {"num_images", n}, {"threshold", p.thre}, {"model", model.model_name},
                           {"load_wait_s", wait_s}, {"model_s", model_s}};
+    if (tuned) {
+      out["tuned_thresholds"] = {{"file", p.tune_thresholds}, {"tuned_on", tuned->tuned_on}, {"scored_on", tuned->scored_on},
+                                 {"CF1_global", tuned->global.CF1}, {"OF1_global", tuned->global.OF1},
+                                 {"CF1_tuned", tuned->tuned.CF1}, {"OF1_tuned", tuned->tuned.OF1}};
+    }
     if (p.per_class) {
       nlohmann::json per = nlohmann::json::object();
       for (int64_t k = 0; k < c; ++k) per[model.class_names[static_cast<size_t>(k)]] = 100.0 * ap[k].item<double>();
@@ -147,6 +188,12 @@ int run_validate(const ValidateParams& p) {
     << m.OR << "  OF1 " << m.OF1 << "\n";
   s << std::setprecision(1) << images_per_s << " images/s (" << std::setprecision(2) << total_s << " s: waiting for data "
     << wait_s << " s, model " << model_s << " s)\n";
+  if (tuned) {
+    s << "per-class thresholds -> " << p.tune_thresholds << " (tuned on " << tuned->tuned_on << " images, scored on "
+      << tuned->scored_on << (p.tune_fraction < 1 ? " others" : " the same: optimistic, use --tune-fraction") << ")\n"
+      << "  CF1 " << tuned->global.CF1 << " at " << p.thre << " -> " << tuned->tuned.CF1 << " tuned;  OF1 "
+      << tuned->global.OF1 << " -> " << tuned->tuned.OF1 << "\n";
+  }
   if (p.per_class) {
     for (int64_t k = 0; k < c; ++k) {
       s << "  AP " << std::setw(7) << 100.0 * ap[k].item<double>() << "  " << model.class_names[static_cast<size_t>(k)]
@@ -182,6 +229,11 @@ void register_validate(CLI::App& app, Runner& run) {
   cmd->add_option("--save-preds,--save_preds", p->save_preds, "write scores.npy, targets.npy and images.txt to this folder");
   cmd->add_flag("--json", p->json, "print the results as one JSON object");
   cmd->add_flag("--per-class,--per_class", p->per_class, "also print the AP of every class");
+  cmd->add_option("--tune-thresholds", p->tune_thresholds,
+                  "choose per-class best-F1 thresholds and write them to this JSON file (for infer --thresholds)");
+  cmd->add_option("--tune-fraction", p->tune_fraction,
+                  "tune on this seeded fraction of the images, report CF1/OF1 on the rest")->capture_default_str();
+  cmd->add_option("--seed", p->seed, "seed of the --tune-fraction split")->capture_default_str();
   cmd->callback([p, &run] { run = [p] { return run_validate(*p); }; });
 }
 

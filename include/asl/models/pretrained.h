@@ -37,7 +37,14 @@ struct Classifier {
   bool bf16 = false;
   /// Class names by index: the checkpoint's idx_to_class, "class_<i>" where it has none.
   std::vector<std::string> class_names;
+  /// Per-class decision thresholds (e.g. metrics::load_thresholds(file, class_names).thresholds); empty:
+  /// every class uses the caller's global threshold.
+  std::vector<double> thresholds;
   int64_t num_classes() const { return options.num_classes(); }
+  /// Class k's threshold: thresholds[k] when set, else `global`. A class is detected when score > it.
+  double threshold(int64_t k, double global) const {
+    return thresholds.empty() ? global : thresholds[static_cast<size_t>(k)];
+  }
   /// N x 3 x S x S float -> N x C float32 logits, without autograd.
   torch::Tensor logits(const torch::Tensor& images);
 };
