@@ -39,7 +39,7 @@ rm -rf "$OUT/train"
 
 echo "== 3/4 validation of $OUT/train/model-highest.pth on the $VAL_IMAGES val mosaics"
 "$ASL" validate "$OUT/data" --split val2014 --model-path "$OUT/train/model-highest.pth" --image-size "$SIZE" \
-  --threads "$THREADS" --json > "$OUT/validate.json"
+  --threads "$THREADS" --json --report "$OUT/report" > "$OUT/validate.json"
 map=$(sed -n 's/.*"mAP":\([0-9.eE+-]*\).*/\1/p' "$OUT/validate.json")
 
 echo "== 4/4 inference on 4 val images, annotated copies in $OUT/annotated/"
@@ -56,4 +56,5 @@ elapsed=$((SECONDS - start))
 printf '\ndemo: mAP %.2f on %s val images (TResNet-M, %dpx, %s epochs on %s images) in %dm%02ds\n' \
   "$map" "$VAL_IMAGES" "$SIZE" "$EPOCHS" "$TRAIN_IMAGES" $((elapsed / 60)) $((elapsed % 60))
 echo "demo: outputs in $OUT/: data/ (dataset), train/ (model-highest.pth, last.pth, metrics.jsonl, training.svg),"
-echo "      validate.json, annotated/ (images with their detected classes)"
+echo "      validate.json, report/index.html (the validation report, for a browser), annotated/ (images with their"
+echo "      detected classes)"

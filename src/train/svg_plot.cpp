@@ -8,9 +8,8 @@
 #include <sstream>
 
 namespace asl::train {
-namespace {
 
-std::string escape(const std::string& text) {
+std::string xml_escape(const std::string& text) {
   std::string out;
   for (char ch : text) {
     switch (ch) {
@@ -23,6 +22,8 @@ std::string escape(const std::string& text) {
   }
   return out;
 }
+
+namespace {
 
 std::string num(double v) {
   char buf[32];
@@ -71,7 +72,7 @@ void panel_svg(std::ostringstream& s, const PlotPanel& p, double ox, int w, int 
   const auto py = [&](double y) { return bottom - (y - ymin) / (ymax - ymin) * (bottom - top); };
 
   s << "<text x=\"" << num(left) << "\" y=\"18\" text-anchor=\"start\" font-size=\"14\" "
-    << "font-weight=\"bold\">" << escape(p.title) << "</text>\n";
+    << "font-weight=\"bold\">" << xml_escape(p.title) << "</text>\n";
   for (double y = ymin; y <= ymax + ystep * 1e-6; y += ystep) {
     s << "<line x1=\"" << num(left) << "\" y1=\"" << num(py(y)) << "\" x2=\"" << num(right) << "\" y2=\"" << num(py(y))
       << "\" stroke=\"#e0e0e0\"/>\n";
@@ -87,9 +88,9 @@ void panel_svg(std::ostringstream& s, const PlotPanel& p, double ox, int w, int 
   s << "<rect x=\"" << num(left) << "\" y=\"" << num(top) << "\" width=\"" << num(right - left) << "\" height=\""
     << num(bottom - top) << "\" fill=\"none\" stroke=\"#333\"/>\n";
   s << "<text x=\"" << num((left + right) / 2) << "\" y=\"" << num(h - 8.0) << "\" text-anchor=\"middle\" "
-    << "font-size=\"12\">" << escape(p.x_label) << "</text>\n";
+    << "font-size=\"12\">" << xml_escape(p.x_label) << "</text>\n";
   s << "<text transform=\"translate(" << num(ox + 14) << "," << num((top + bottom) / 2) << ") rotate(-90)\" "
-    << "text-anchor=\"middle\" font-size=\"12\">" << escape(p.y_label) << "</text>\n";
+    << "text-anchor=\"middle\" font-size=\"12\">" << xml_escape(p.y_label) << "</text>\n";
   // The legend sits in the top margin, right-aligned, so that it never hides a line.
   double legend_x = right;
   for (auto it = p.series.rbegin(); it != p.series.rend(); ++it) legend_x -= 26 + 6.5 * it->label.size();
@@ -99,16 +100,16 @@ void panel_svg(std::ostringstream& s, const PlotPanel& p, double ox, int w, int 
       if (!std::isfinite(line.x[i]) || !std::isfinite(line.y[i])) continue;
       points += num(px(line.x[i])) + "," + num(py(line.y[i])) + " ";
       s << "<circle cx=\"" << num(px(line.x[i])) << "\" cy=\"" << num(py(line.y[i])) << "\" r=\"2.5\" fill=\""
-        << escape(line.color) << "\"/>\n";
+        << xml_escape(line.color) << "\"/>\n";
     }
     if (!points.empty()) {
       points.pop_back();
-      s << "<polyline points=\"" << points << "\" fill=\"none\" stroke=\"" << escape(line.color)
+      s << "<polyline points=\"" << points << "\" fill=\"none\" stroke=\"" << xml_escape(line.color)
         << "\" stroke-width=\"2\"/>\n";
     }
     s << "<line x1=\"" << num(legend_x) << "\" y1=\"14\" x2=\"" << num(legend_x + 16)
-      << "\" y2=\"14\" stroke=\"" << escape(line.color) << "\" stroke-width=\"2\"/>\n";
-    s << "<text x=\"" << num(legend_x + 20) << "\" y=\"18\" font-size=\"11\">" << escape(line.label) << "</text>\n";
+      << "\" y2=\"14\" stroke=\"" << xml_escape(line.color) << "\" stroke-width=\"2\"/>\n";
+    s << "<text x=\"" << num(legend_x + 20) << "\" y=\"18\" font-size=\"11\">" << xml_escape(line.label) << "</text>\n";
     legend_x += 26 + 6.5 * line.label.size();
   }
 }

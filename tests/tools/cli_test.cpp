@@ -6,12 +6,14 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "asl/data/coco.h"
 #include "asl/data/image.h"
 #include "asl/io/npy.h"
 #include "asl/metrics/map.h"
+#include "asl/metrics/thresholds.h"
 #include "asl/models/pretrained.h"
 #include "asl/runtime.h"
 #include "test_util.h"
@@ -158,6 +160,43 @@ TEST(CliInfer, PrecisionFlagsOnEveryCpu) {
   EXPECT_NE(r.out.find("oneDNN " + asl::cpu_info().onednn_isa), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("ATen " + asl::cpu_info().aten_isa), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("precision auto: "), std::string::npos) << r.out;
+}
+
+TEST(CliValidate, ReportAndTunedThresholdsThatInferApplies) {
+  const fs::path dir = temp_dir("tune");
+  const std::string thresholds = (dir / "thresholds.json").string();
+  Result r = run("validate --annotations " + fixture("coco/annotations.json") + " --images " + fixture("coco") +
+                 " --model-path " + fixture("tresnet/small.pth") + " --image-size 224 --json --report " +
+                 (dir / "report").string() + " --tune-thresholds " + thresholds);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  ASSERT_TRUE(j.contains("tuned_thresholds"));
+  EXPECT_EQ(j.at("tuned_thresholds").at("scored_on").get<int64_t>(), j.at("num_images").get<int64_t>());
+  // Tuned and scored on the same images, the tuned CF1 cannot be below the global one's.
+  EXPECT_GE(j.at("tuned_thresholds").at("CF1_tuned").get<double>(), j.at("tuned_thresholds").at("CF1_global").get<double>());
+  EXPECT_TRUE(fs::exists(dir / "report" / "index.html"));
+  EXPECT_TRUE(fs::exists(dir / "report" / "report.json"));
+  asl::models::ClassifierOptions o;
+  o.fuse = false;
+  const asl::models::Classifier model = asl::models::load_classifier(fixture("tresnet/small.pth"), o);
+  const auto file = asl::metrics::load_thresholds(thresholds, model.class_names);
+  // infer --thresholds detects exactly the classes above their own threshold.
+  const std::string image = fixture("images/000000000885.jpg");
+  r = run("infer " + image + " --model-path " + fixture("tresnet/small.pth") + " --input-size 224 --json --no-fuse"
+          " --thresholds " + thresholds);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const nlohmann::json out = nlohmann::json::parse(r.out);
+  std::set<int64_t> detected;
+  for (const auto& d : out.at("detected")) detected.insert(d.at("index").get<int64_t>());
+  for (size_t k = 0; k < file.thresholds.size(); ++k) {
+    const double score = out.at("scores")[k].get<double>();
+    EXPECT_EQ(detected.count(static_cast<int64_t>(k)) == 1, score > file.thresholds[k]) << k;
+  }
+  // A thresholds file of another model's classes is refused, naming the file.
+  r = run("infer " + image + " --model-path " + fixture("tresnet/small_bhead.pth") + " --input-size 224 --thresholds " +
+          thresholds);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("thresholds.json"), std::string::npos) << r.err;
 }
 
 TEST(CliInfer, AnnotateWritesAnImage) {

@@ -17,6 +17,7 @@
 #include "asl/metrics/map.h"
 #include "asl/metrics/thresholds.h"
 #include "asl/models/pretrained.h"
+#include "asl/report/validation_report.h"
 #include "commands.h"
 #include "progress.h"
 
@@ -43,6 +44,7 @@ struct ValidateParams {
   bool json = false;
   bool per_class = false;
   std::string tune_thresholds;
+  std::string report;
   double tune_fraction = 1.0;
   uint64_t seed = 0;
 };
@@ -94,6 +96,7 @@ int run_validate(const ValidateParams& p) {
     throw std::runtime_error("give a dataset folder (DIR/annotations/instances_" + p.split +
                              ".json) or --annotations FILE --images DIR");
   }
+  const std::string paths_description = paths.annotations + " (images in " + paths.images + ")";
   data::CocoOptions coco_options;
   coco_options.keep_empty = p.keep_empty;
   const data::CocoDataset dataset = data::load_coco(paths.annotations, paths.images, coco_options);
@@ -120,8 +123,9 @@ int run_validate(const ValidateParams& p) {
   const int64_t n = dataset.size(), c = dataset.num_classes();
   torch::Tensor scores = torch::empty({n, c}, torch::kFloat32);
   torch::Tensor targets = torch::empty({n, c}, torch::kFloat32);
-  std::vector<std::string> names;
+  std::vector<std::string> names, image_paths;
   names.reserve(static_cast<size_t>(n));
+  const std::vector<std::string> all_paths = dataset.image_paths();
   Progress progress("validate", n);
   double wait_s = 0, model_s = 0;
   int64_t done = 0;
@@ -138,6 +142,7 @@ int run_validate(const ValidateParams& p) {
     scores.narrow(0, done, b).copy_(s);
     targets.narrow(0, done, b).copy_(batch->targets);
     names.insert(names.end(), batch->names.begin(), batch->names.end());
+    for (const int64_t i : batch->indices) image_paths.push_back(all_paths[static_cast<size_t>(i)]);
     done += b;
     progress.update(done);
   }
@@ -148,6 +153,21 @@ int run_validate(const ValidateParams& p) {
   const torch::Tensor ap = metrics::average_precision(scores, targets);
   const double map = 100.0 * ap.mean().item<double>();
   const metrics::ThresholdMetrics m = metrics::threshold_metrics(scores, targets, p.thre);
+  if (!p.report.empty()) {
+    report::ValidationRun run;
+    run.checkpoint = p.model_path;
+    run.architecture = model.model_name;
+    run.dataset = paths_description;
+    run.precision = model.bf16 ? "bf16" : "fp32";
+    run.image_size = p.image_size;
+    run.threshold = p.thre;
+    run.class_names = model.class_names;
+    run.image_paths = image_paths;
+    run.scores = scores;
+    run.targets = targets;
+    report::write_validation_report(p.report, run);
+    std::cerr << "asl validate: report in " << p.report << "/index.html\n";
+  }
   std::optional<TunedResult> tuned;
   if (!p.tune_thresholds.empty()) tuned = tune_and_score(scores, targets, p, model.class_names);
 
@@ -229,6 +249,8 @@ void register_validate(CLI::App& app, Runner& run) {
   cmd->add_option("--save-preds,--save_preds", p->save_preds, "write scores.npy, targets.npy and images.txt to this folder");
   cmd->add_flag("--json", p->json, "print the results as one JSON object");
   cmd->add_flag("--per-class,--per_class", p->per_class, "also print the AP of every class");
+  cmd->add_option("--report", p->report,
+                  "write a validation report a browser shows to this folder (index.html, report.json)");
   cmd->add_option("--tune-thresholds", p->tune_thresholds,
                   "choose per-class best-F1 thresholds and write them to this JSON file (for infer --thresholds)");
   cmd->add_option("--tune-fraction", p->tune_fraction,

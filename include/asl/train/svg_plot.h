@@ -8,6 +8,9 @@
 
 namespace asl::train {
 
+/// Text made safe for XML/HTML content and attribute values (& < > ").
+std::string xml_escape(const std::string& text);
+
 /// One line of a chart.
 struct PlotSeries {
   std::string label;
