@@ -33,25 +33,15 @@
 #include "asl/io/file.h"
 #include "asl/io/npy.h"
 #include "asl/io/pickle.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using asl::io::PyValue;
 
 namespace {
 
-fs::path temp_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("asl_faults_test_" + name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+std::string read(const fs::path& p) { return asl::io::read_file(p.string()); }
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 std::vector<std::string> names_in(const fs::path& dir) {
   std::vector<std::string> out;
@@ -128,16 +118,16 @@ void expect_failed_write_keeps_previous(const fs::path& dir, const std::string& 
   SCOPED_TRACE(name);
   const fs::path target = dir / name;
   asl::io::write_file_atomic(target.string(), std::string("previous contents"));
-  const std::string before = slurp(target);
+  const std::string before = read(target);
   const ChildResult r = in_child([&] { write_big(target.string()); }, 64 << 10);
   EXPECT_EQ(r.code, 1) << r.message;
   EXPECT_NE(r.message.find(target.string()), std::string::npos) << r.message;
   EXPECT_NE(r.message.find("File too large"), std::string::npos) << r.message;
-  EXPECT_EQ(slurp(target), before);
+  EXPECT_EQ(read(target), before);
   EXPECT_EQ(names_in(dir), std::vector<std::string>{name}) << "a temporary file was left behind";
   // Without the limit the same write succeeds (the failure was the limit's, not the writer's).
   EXPECT_EQ(in_child([&] { write_big(target.string()); }).code, 0);
-  EXPECT_NE(slurp(target), before);
+  EXPECT_NE(read(target), before);
   fs::remove(target);
 }
 
@@ -160,7 +150,8 @@ TEST_F(Faults, ChildPeakMemoryIsMeasured) {
 }
 
 TEST_F(Faults, EveryWriterFailsCleanlyUnderAFileSizeLimit) {
-  const fs::path dir = temp_dir("writers");
+  const asl::test::TempDir tmp("asl_faults_writers");
+  const fs::path& dir = tmp.path();
   const auto big = torch::randn({100000});  // 400 kB against a 64 kB limit
   // Bytes (metrics.jsonl, training.svg, annotated images, images.txt, the mosaic data set all use it).
   expect_failed_write_keeps_previous(dir, "metrics.jsonl", [](const std::string& p) {
@@ -196,7 +187,8 @@ TEST_F(Faults, EveryWriterFailsCleanlyUnderAFileSizeLimit) {
 }
 
 TEST_F(Faults, StaleTemporaryFilesOfDeadProcessesAreRemoved) {
-  const fs::path dir = temp_dir("stale");
+  const asl::test::TempDir tmp("asl_faults_stale");
+  const fs::path& dir = tmp.path();
   // A process that is gone: a child that has exited and been reaped.
   const pid_t dead = ::fork();
   if (dead == 0) ::_exit(0);
@@ -326,7 +318,8 @@ std::string small_checkpoint_pickle(const fs::path& dir) {
 }
 
 TEST_F(Faults, ZipBombIsRefusedBeforeInflating) {
-  const fs::path dir = temp_dir("bomb");
+  const asl::test::TempDir tmp("asl_faults_bomb");
+  const fs::path& dir = tmp.path();
   const std::string pkl = small_checkpoint_pickle(dir);
   // data/0 should hold 40 bytes; the member declares 1 GiB of deflated zeros (about 1 MB in the file).
   const ZipMember bomb = deflated_zeros("archive/data/0", uint64_t{1} << 30);
@@ -361,7 +354,7 @@ TEST_F(Faults, ZipBombIsRefusedBeforeInflating) {
   EXPECT_TRUE(torch::equal(asl::io::load_checkpoint(honest).model["w"], torch::arange(10, torch::kFloat32)));
 
   // Local and central headers that disagree (the local header of data/0 claims 41 bytes).
-  std::string lying = slurp(honest);
+  std::string lying = read(honest);
   const size_t local = lying.find(std::string("PK\x03\x04", 4), lying.find("archive/data.pkl") + 1);
   ASSERT_NE(local, std::string::npos);
   lying[local + 22] = 41;
@@ -376,7 +369,8 @@ TEST_F(Faults, ZipBombIsRefusedBeforeInflating) {
 }
 
 TEST_F(Faults, LegacyStorageLargerThanTheFileIsRefusedWithoutAllocating) {
-  const fs::path dir = temp_dir("legacy");
+  const asl::test::TempDir tmp("asl_faults_legacy");
+  const fs::path& dir = tmp.path();
   // torch.save's legacy stream: magic number, protocol 1001, sys_info, then the object whose persistent
   // id declares a FloatStorage of 2^38 elements (2^40 bytes), then the key list (never reached).
   const auto bytes = [](const auto& literal) { return std::string(literal, sizeof(literal) - 1); };

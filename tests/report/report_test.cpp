@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include "asl/data/image.h"
+#include "asl/io/file.h"
 #include "asl/metrics/map.h"
 #include "asl/report/validation_report.h"
 #include "test_util.h"
@@ -20,12 +21,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+std::string read(const fs::path& p) { return asl::io::read_file(p.string()); }
+
 
 size_t count(const std::string& text, const std::string& needle) {
   size_t n = 0;
@@ -41,8 +38,8 @@ int chromium(const std::string& args, const fs::path& log) {
 }
 
 TEST(ValidationReport, RendersInChromiumWithEveryChartAndClass) {
-  const fs::path dir = fs::temp_directory_path() / "asl_report_test";
-  fs::remove_all(dir);
+  const asl::test::TempDir tmp("asl_report_test");
+  const fs::path dir = tmp.path() / "report";
   // The fixture's medium case: real scores and targets; class names with characters HTML must escape.
   const torch::Tensor scores = asl::test::fixture_npy("metrics", "medium_scores.npy");
   const torch::Tensor targets = asl::test::fixture_npy("metrics", "medium_targets.npy");
@@ -62,7 +59,7 @@ TEST(ValidationReport, RendersInChromiumWithEveryChartAndClass) {
   asl::report::write_validation_report(dir.string(), run);
 
   // report.json: the library's numbers.
-  const nlohmann::json j = nlohmann::json::parse(slurp(dir / "report.json"));
+  const nlohmann::json j = nlohmann::json::parse(read(dir / "report.json"));
   EXPECT_NEAR(j.at("mAP").get<double>(), asl::metrics::mean_average_precision(scores, targets), 1e-9);
   EXPECT_EQ(j.at("classes").size(), static_cast<size_t>(scores.size(1)));
   EXPECT_EQ(j.at("threshold_sweep").size(), 99u);
@@ -70,7 +67,7 @@ TEST(ValidationReport, RendersInChromiumWithEveryChartAndClass) {
   EXPECT_GT(j.at("false_positives").size(), 0u);
   EXPECT_LE(j.at("false_positives").size() + j.at("missed_positives").size(), 24u);
   // Self-contained: no scripts, no external resources.
-  const std::string html = slurp(dir / "index.html");
+  const std::string html = read(dir / "index.html");
   EXPECT_EQ(html.find("<script"), std::string::npos);
   EXPECT_EQ(html.find("http://www.w3.org/2000/svg") == std::string::npos, false);
   EXPECT_EQ(count(html, "src=\"http"), 0u);
@@ -79,8 +76,8 @@ TEST(ValidationReport, RendersInChromiumWithEveryChartAndClass) {
   // The DOM as Chromium parsed it.
   const fs::path dom = dir / "dom.html";
   ASSERT_EQ(chromium("--dump-dom file://" + (dir / "index.html").string() + " >" + dom.string(), dir / "chromium.log"), 0)
-      << slurp(dir / "chromium.log");
-  const std::string d = slurp(dom);
+      << read(dir / "chromium.log");
+  const std::string d = read(dom);
   EXPECT_EQ(count(d, "class=\"bar\""), static_cast<size_t>(scores.size(1)));
   EXPECT_EQ(count(d, "class=\"highlight\""), 10u);  // 5 worst + 5 best
   // One faint curve per class, the 10 highlighted again, and CP/CR/CF1/OF1 against the threshold.
@@ -101,7 +98,7 @@ TEST(ValidationReport, RendersInChromiumWithEveryChartAndClass) {
   ASSERT_EQ(chromium("--window-size=1100,2000 --screenshot=" + png.string() + " file://" + (dir / "index.html").string(),
                      dir / "chromium.log"),
             0)
-      << slurp(dir / "chromium.log");
+      << read(dir / "chromium.log");
   const asl::data::Image shot = asl::data::load_image(png.string());
   EXPECT_EQ(shot.width, 1100);
   EXPECT_EQ(shot.height, 2000);
