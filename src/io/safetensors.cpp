@@ -92,7 +92,9 @@ SafetensorsFile load_safetensors(const std::string& path) {
   const uint64_t data_start = 8 + n, data_size = size - data_start;
   SafetensorsFile out;
   std::vector<Entry> entries;
-  for (const auto& [name, v] : doc.items()) {
+  for (const auto& item : doc.items()) {
+    const std::string& name = item.key();
+    const nlohmann::json& v = item.value();
     if (name == "__metadata__") {
       if (!v.is_object()) throw bad("field __metadata__ is not an object");
       for (const auto& [k, value] : v.items()) {
@@ -189,7 +191,9 @@ void save_safetensors(const std::string& path, const StateDict& tensors,
   nlohmann::json header = nlohmann::json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
-  for (const auto& [name, t] : sorted) {
+  for (const auto& entry : sorted) {
+    const std::string& name = entry.first;
+    const torch::Tensor& t = entry.second;
     const auto* known = std::find_if(std::begin(kDtypes), std::end(kDtypes),
                                      [&](const DtypeName& d) { return d.type == t.scalar_type(); });
     const uint64_t bytes = static_cast<uint64_t>(t.numel()) * t.element_size();
