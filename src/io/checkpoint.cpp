@@ -107,32 +107,6 @@ bool fits(int64_t numel, c10::ScalarType dtype, uint64_t limit) {
 
 std::string c10_message(const c10::Error& e) { return e.what_without_backtrace(); }
 
-/// An open file descriptor, closed on scope exit.
-struct Fd {
-  int fd = -1;
-  explicit Fd(const std::string& path) : fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {}
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-};
-
-/// Reads exactly n bytes at `offset`; false on a short read or an error.
-bool pread_all(int fd, void* dst, uint64_t n, uint64_t offset) {
-  auto* p = static_cast<char*>(dst);
-  while (n > 0) {
-    const ssize_t got = ::pread(fd, p, static_cast<size_t>(std::min<uint64_t>(n, uint64_t{1} << 30)),
-                                static_cast<off_t>(offset));
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) return false;
-    p += got;
-    n -= static_cast<uint64_t>(got);
-    offset += static_cast<uint64_t>(got);
-  }
-  return true;
-}
-
 uint64_t le(const unsigned char* p, int bytes) {
   uint64_t v = 0;
   for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | p[i];
@@ -306,7 +280,7 @@ void read_records(int fd, const std::string& path, std::vector<PendingRecord>& p
 }
 
 PyValue load_zip(const std::string& path) {
-  Fd file(path);
+  ReadOnlyFd file(path);
   if (file.fd < 0) throw std::runtime_error(path + ": cannot open for reading: " + std::strerror(errno));
   struct stat st {};
   if (::fstat(file.fd, &st) != 0) throw std::runtime_error(path + ": cannot stat: " + std::strerror(errno));

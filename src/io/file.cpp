@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -43,6 +44,26 @@ int sync_folder(const std::string& folder) {
 }
 
 }  // namespace
+
+ReadOnlyFd::ReadOnlyFd(const std::string& path) : fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {}
+
+ReadOnlyFd::~ReadOnlyFd() {
+  if (fd >= 0) ::close(fd);
+}
+
+bool pread_all(int fd, void* dst, uint64_t n, uint64_t offset) {
+  auto* p = static_cast<char*>(dst);
+  while (n > 0) {
+    const ssize_t got = ::pread(fd, p, static_cast<size_t>(std::min<uint64_t>(n, uint64_t{1} << 30)),
+                                static_cast<off_t>(offset));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return false;
+    p += got;
+    n -= static_cast<uint64_t>(got);
+    offset += static_cast<uint64_t>(got);
+  }
+  return true;
+}
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

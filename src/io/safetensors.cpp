@@ -27,30 +27,6 @@ constexpr DtypeName kDtypes[] = {{"F64", torch::kFloat64}, {"F32", torch::kFloat
                                  {"I16", torch::kInt16},     {"I8", torch::kInt8},    {"U8", torch::kUInt8},
                                  {"BOOL", torch::kBool}};
 
-struct Fd {
-  int fd;
-  explicit Fd(const std::string& path) : fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {}
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-};
-
-bool pread_exact(int fd, void* dst, uint64_t n, uint64_t offset) {
-  auto* p = static_cast<char*>(dst);
-  while (n > 0) {
-    const ssize_t got = ::pread(fd, p, static_cast<size_t>(std::min<uint64_t>(n, uint64_t{1} << 30)),
-                                static_cast<off_t>(offset));
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) return false;
-    p += got;
-    n -= static_cast<uint64_t>(got);
-    offset += static_cast<uint64_t>(got);
-  }
-  return true;
-}
-
 struct Entry {
   std::string name;
   torch::ScalarType dtype;
@@ -61,14 +37,14 @@ struct Entry {
 }  // namespace
 
 SafetensorsFile load_safetensors(const std::string& path) {
-  Fd file(path);
+  ReadOnlyFd file(path);
   if (file.fd < 0) throw std::runtime_error(path + ": cannot open for reading: " + std::strerror(errno));
   struct stat st {};
   if (::fstat(file.fd, &st) != 0) throw std::runtime_error(path + ": cannot stat: " + std::strerror(errno));
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   auto bad = [&](const std::string& why) { return std::runtime_error(path + ": not a valid safetensors file: " + why); };
   unsigned char len_bytes[8];
-  if (size < 8 || !pread_exact(file.fd, len_bytes, 8, 0)) {
+  if (size < 8 || !pread_all(file.fd, len_bytes, 8, 0)) {
     throw bad("the file has " + std::to_string(size) + " bytes, fewer than the 8-byte header length");
   }
   uint64_t n = 0;
@@ -81,7 +57,7 @@ SafetensorsFile load_safetensors(const std::string& path) {
               " bytes)");
   }
   std::string header(static_cast<size_t>(n), '\0');
-  if (!pread_exact(file.fd, header.data(), n, 8)) throw bad("cannot read the header");
+  if (!pread_all(file.fd, header.data(), n, 8)) throw bad("cannot read the header");
   nlohmann::json doc;
   try {
     doc = nlohmann::json::parse(header);
@@ -165,7 +141,7 @@ SafetensorsFile load_safetensors(const std::string& path) {
   }
   for (const auto& e : entries) {
     torch::Tensor t = torch::empty(e.shape, torch::TensorOptions().dtype(e.dtype));
-    if (e.end > e.begin && !pread_exact(file.fd, t.data_ptr(), e.end - e.begin, data_start + e.begin)) {
+    if (e.end > e.begin && !pread_all(file.fd, t.data_ptr(), e.end - e.begin, data_start + e.begin)) {
       throw bad("cannot read the data of tensor '" + e.name + "'");
     }
     out.tensors.insert(e.name, std::move(t));

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -11,6 +12,19 @@ namespace asl::io {
 
 /// Reads a whole file; throws std::runtime_error naming the path when it cannot.
 std::string read_file(const std::string& path);
+
+/// A file opened read-only (O_CLOEXEC), closed when the object goes away; fd < 0 (and errno set) when the
+/// open failed.
+struct ReadOnlyFd {
+  int fd = -1;
+  explicit ReadOnlyFd(const std::string& path);
+  ~ReadOnlyFd();
+  ReadOnlyFd(const ReadOnlyFd&) = delete;
+  ReadOnlyFd& operator=(const ReadOnlyFd&) = delete;
+};
+
+/// Reads exactly n bytes at `offset` (retrying short reads and EINTR); false on an error or end of file.
+bool pread_all(int fd, void* dst, uint64_t n, uint64_t offset);
 
 /// What a producer passed to write_file_atomic calls with each piece of the file, in order.
 using ByteSink = std::function<void(const void* data, size_t size)>;
