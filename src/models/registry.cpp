@@ -15,14 +15,17 @@ struct Preset {
   std::array<int64_t, 4> layers;
   double width_factor;
   bool bottleneck_head;
+  bool v2;
 };
 
 // The reference's variants (TResNet paper, table 1); the Open Images model is TResNet-L with the bottleneck head.
-constexpr std::array<Preset, 4> kPresets{{
-    {"tresnet_m", {3, 4, 11, 3}, 1.0, false},
-    {"tresnet_l", {4, 5, 18, 3}, 1.2, false},
-    {"tresnet_xl", {4, 5, 24, 3}, 1.3, false},
-    {"tresnet_l_openimages", {4, 5, 18, 3}, 1.2, true},
+// TResNet-v2-L exists only as timm's model (plain batch norms, timm layout).
+constexpr std::array<Preset, 5> kPresets{{
+    {"tresnet_m", {3, 4, 11, 3}, 1.0, false, false},
+    {"tresnet_l", {4, 5, 18, 3}, 1.2, false, false},
+    {"tresnet_xl", {4, 5, 24, 3}, 1.3, false, false},
+    {"tresnet_l_openimages", {4, 5, 18, 3}, 1.2, true, false},
+    {"tresnet_v2_l", {3, 4, 23, 3}, 1.0, false, true},
 }};
 
 const Preset& find_preset(const std::string& name) {
@@ -61,6 +64,8 @@ TResNetOptions model_options(const std::string& name, int64_t num_classes, const
   return TResNetOptions()
       .layers({p.layers.begin(), p.layers.end()})
       .width_factor(p.width_factor)
+      .v2(p.v2)
+      .plain_norms(p.v2)
       .num_classes(num_classes)
       .in_chans(options.in_chans())
       .do_bottleneck_head(options.do_bottleneck_head().value_or(p.bottleneck_head))
@@ -94,17 +99,29 @@ DetectedModel detect_model(const torch::OrderedDict<std::string, torch::Tensor>&
       throw std::runtime_error("detect_model: state dict has no body.layer" + std::to_string(i + 1) + " blocks");
     }
   }
-  const auto& stem = require(state_dict, "body.conv1.0.weight", 4);
+  // The stem's name tells the layout: published "conv1.0" (Sequential), timm "conv1.conv" (plain norms).
+  const bool timm = state_dict.contains("body.conv1.conv.weight");
+  const std::string stem_key = timm ? "body.conv1.conv.weight" : "body.conv1.0.weight";
+  const auto& stem = require(state_dict, stem_key, 4);
   const int64_t planes = stem.size(0);
   if (stem.size(1) % 16 != 0) {
-    throw std::runtime_error("detect_model: 'body.conv1.0.weight' has " + std::to_string(stem.size(1)) +
+    throw std::runtime_error("detect_model: '" + stem_key + "' has " + std::to_string(stem.size(1)) +
                              " input channels, expected a multiple of 16 (SpaceToDepth)");
+  }
+  // v2 has Bottleneck blocks (conv3) in layer1 as well.
+  bool v2 = false;
+  for (const auto& item : state_dict) v2 = v2 || item.key().rfind("body.layer1.0.conv3.", 0) == 0;
+  if (v2 && planes % 8 != 0) {
+    throw std::runtime_error("detect_model: '" + stem_key + "' has " + std::to_string(planes) +
+                             " outputs, but a TResNet-v2 stem width is a multiple of 8");
   }
   DetectedModel out;
   // planes / 64 is exact in binary, so int(64 * width_factor) gives planes back.
   out.options.layers({layers.begin(), layers.end()})
       .width_factor(static_cast<double>(planes) / 64.0)
-      .in_chans(stem.size(1) / 16);
+      .in_chans(stem.size(1) / 16)
+      .v2(v2)
+      .plain_norms(timm);
   const int64_t num_features = planes * 8 * 4;
   if (state_dict.contains("head.fc.FC.weight")) {
     const auto& emb = require(state_dict, "head.fc.embedding_generator.0.weight", 2);
@@ -123,7 +140,7 @@ DetectedModel detect_model(const torch::OrderedDict<std::string, torch::Tensor>&
     }
   }
   for (const auto& p : kPresets) {
-    if (p.layers == layers && static_cast<int64_t>(64 * p.width_factor) == planes &&
+    if (p.layers == layers && p.v2 == v2 && base_width(TResNetOptions().width_factor(p.width_factor).v2(p.v2)) == planes &&
         p.bottleneck_head == out.options.do_bottleneck_head()) {
       out.name = p.name;
       break;

@@ -20,12 +20,16 @@ namespace {
 // Leaky-ReLU slope inside residual blocks (the stem uses 1e-2).
 constexpr double kBlockSlope = 1e-3;
 
-ConvNormActOptions leaky(int64_t in, int64_t out, int64_t kernel, bool fused) {
-  return ConvNormActOptions(in, out, kernel).activation(Activation::LeakyReLU).activation_param(kBlockSlope).fused(fused);
+ConvNormActOptions leaky(int64_t in, int64_t out, int64_t kernel, const TResNetBlockOptions& o) {
+  return ConvNormActOptions(in, out, kernel)
+      .activation(Activation::LeakyReLU)
+      .activation_param(kBlockSlope)
+      .fused(o.fused())
+      .abs_weight(o.abs_weight());
 }
 
-ConvNormActOptions identity(int64_t in, int64_t out, int64_t kernel, bool fused) {
-  return ConvNormActOptions(in, out, kernel).activation(Activation::Identity).fused(fused);
+ConvNormActOptions identity(int64_t in, int64_t out, int64_t kernel, const TResNetBlockOptions& o) {
+  return ConvNormActOptions(in, out, kernel).activation(Activation::Identity).fused(o.fused()).abs_weight(o.abs_weight());
 }
 
 // The 3x3 conv of a block: a ConvNormAct, or when strided a stride-1 ConvNormAct followed by BlurPool.
@@ -42,7 +46,7 @@ torch::nn::Sequential make_downsample(const TResNetBlockOptions& o, int64_t out_
     seq->push_back(torch::nn::AvgPool2d(
         torch::nn::AvgPool2dOptions(2).stride(2).ceil_mode(true).count_include_pad(false)));
   }
-  seq->push_back(ConvNormAct(identity(o.inplanes(), out_channels, 1, o.fused())));
+  seq->push_back(ConvNormAct(identity(o.inplanes(), out_channels, 1, o)));
   return seq;
 }
 
@@ -83,8 +87,8 @@ BasicBlockImpl::BasicBlockImpl(TResNetBlockOptions options_) : options(options_)
 void BasicBlockImpl::reset() {
   const auto& o = options;
   // Registration order is the reference's: conv1, conv2, downsample, se.
-  conv1 = maybe_blurred(*this, "conv1", leaky(o.inplanes(), o.planes(), 3, o.fused()), o.stride());
-  conv2 = register_module("conv2", ConvNormAct(identity(o.planes(), o.planes(), 3, o.fused())));
+  conv1 = maybe_blurred(*this, "conv1", leaky(o.inplanes(), o.planes(), 3, o), o.stride());
+  conv2 = register_module("conv2", ConvNormAct(identity(o.planes(), o.planes(), 3, o)));
   downsample = o.downsample() ? register_module("downsample", make_downsample(o, o.planes() * expansion))
                               : torch::nn::Sequential(nullptr);
   se = o.use_se() ? register_module("se", SqueezeExcite(SqueezeExciteOptions(
@@ -110,9 +114,9 @@ BottleneckImpl::BottleneckImpl(TResNetBlockOptions options_) : options(options_)
 void BottleneckImpl::reset() {
   const auto& o = options;
   // Registration order is the reference's: conv1, conv2, conv3, downsample, se.
-  conv1 = register_module("conv1", ConvNormAct(leaky(o.inplanes(), o.planes(), 1, o.fused())));
-  conv2 = maybe_blurred(*this, "conv2", leaky(o.planes(), o.planes(), 3, o.fused()), o.stride());
-  conv3 = register_module("conv3", ConvNormAct(identity(o.planes(), o.planes() * expansion, 1, o.fused())));
+  conv1 = register_module("conv1", ConvNormAct(leaky(o.inplanes(), o.planes(), 1, o)));
+  conv2 = maybe_blurred(*this, "conv2", leaky(o.planes(), o.planes(), 3, o), o.stride());
+  conv3 = register_module("conv3", ConvNormAct(identity(o.planes(), o.planes() * expansion, 1, o)));
   downsample = o.downsample() ? register_module("downsample", make_downsample(o, o.planes() * expansion))
                               : torch::nn::Sequential(nullptr);
   se = o.use_se() ? register_module("se", SqueezeExcite(SqueezeExciteOptions(
@@ -152,7 +156,8 @@ void TResNetStageImpl::reset() {
                            .stride(stride)
                            .downsample(stride != 1 || inplanes != out_channels())
                            .use_se(o.use_se())
-                           .fused(o.fused());
+                           .fused(o.fused())
+                           .abs_weight(o.abs_weight());
     const std::string name = std::to_string(i);
     if (o.bottleneck()) {
       blocks.emplace_back(register_module(name, Bottleneck(block)));
@@ -203,23 +208,25 @@ TResNetBodyImpl::TResNetBodyImpl(TResNetOptions options_) : options(std::move(op
 
 void TResNetBodyImpl::reset() {
   const auto& o = options;
-  const int64_t base = static_cast<int64_t>(64 * o.width_factor());
+  const int64_t base = base_width(o);
   space_to_depth = register_module("SpaceToDepth", asl::nn::SpaceToDepth());
   conv1 = register_module("conv1", ConvNormAct(ConvNormActOptions(o.in_chans() * 16, base, 3)
                                                    .activation(Activation::LeakyReLU)
                                                    .activation_param(1e-2)
-                                                   .fused(o.fused())));
+                                                   .fused(o.fused())
+                                                   .abs_weight(!o.plain_norms())));
   int64_t inplanes = base;
   auto stage = [&](const char* name, bool bottleneck, int64_t planes, int64_t blocks, int64_t stride, bool use_se) {
     auto layer = register_module(name, TResNetStage(TResNetStageOptions(bottleneck, inplanes, planes, blocks)
                                                         .stride(stride)
                                                         .use_se(use_se)
-                                                        .fused(o.fused())));
+                                                        .fused(o.fused())
+                                                        .abs_weight(!o.plain_norms())));
     inplanes = layer->out_channels();
     return layer;
   };
-  layer1 = stage("layer1", false, base, o.layers()[0], 1, true);
-  layer2 = stage("layer2", false, base * 2, o.layers()[1], 2, true);
+  layer1 = stage("layer1", o.v2(), base, o.layers()[0], 1, true);
+  layer2 = stage("layer2", o.v2(), base * 2, o.layers()[1], 2, true);
   layer3 = stage("layer3", true, base * 4, o.layers()[2], 2, true);
   layer4 = stage("layer4", true, base * 8, o.layers()[3], 2, false);
 }
@@ -259,7 +266,10 @@ torch::Tensor TResNetHeadImpl::forward(const torch::Tensor& input) {
 
 TResNetImpl::TResNetImpl(TResNetOptions options_) : options(std::move(options_)) { reset(); }
 
-int64_t TResNetImpl::planes() const { return static_cast<int64_t>(64 * options.width_factor()); }
+int64_t base_width(const TResNetOptions& options) {
+  const auto base = static_cast<int64_t>(64 * options.width_factor());
+  return options.v2() ? base / 8 * 8 : base;
+}
 
 int64_t TResNetImpl::num_features() const { return planes() * 8 * BottleneckImpl::expansion; }
 
@@ -305,6 +315,8 @@ void TResNetImpl::pretty_print(std::ostream& stream) const {
   stream << "asl::models::TResNet(layers=[" << l[0] << ", " << l[1] << ", " << l[2] << ", " << l[3]
          << "], width_factor=" << options.width_factor() << ", num_classes=" << options.num_classes()
          << ", in_chans=" << options.in_chans();
+  if (options.v2()) stream << ", v2";
+  if (options.plain_norms()) stream << ", plain_norms";
   if (options.do_bottleneck_head()) stream << ", bottleneck_head=" << options.bottleneck_features();
   if (options.fused()) stream << ", fused";
   stream << ")";
@@ -324,7 +336,7 @@ int64_t count_multiply_adds(const TResNetOptions& options, int64_t height, int64
   TORCH_CHECK(height % 4 == 0 && width % 4 == 0 && height > 0 && width > 0,
               "count_multiply_adds: height and width must be positive multiples of 4, got ", height, "x", width);
   TORCH_CHECK(options.layers().size() == 4, "count_multiply_adds: layers must have 4 entries");
-  const int64_t base = static_cast<int64_t>(64 * options.width_factor());
+  const int64_t base = base_width(options);
   int64_t h = height / 4, w = width / 4;
   int64_t macs = options.in_chans() * 16 * base * 9 * h * w;  // stem conv
   int64_t inplanes = base;
@@ -354,8 +366,8 @@ int64_t count_multiply_adds(const TResNetOptions& options, int64_t height, int64
       w = wo;
     }
   };
-  stage(false, base, options.layers()[0], 1, true);
-  stage(false, base * 2, options.layers()[1], 2, true);
+  stage(options.v2(), base, options.layers()[0], 1, true);
+  stage(options.v2(), base * 2, options.layers()[1], 2, true);
   stage(true, base * 4, options.layers()[2], 2, true);
   stage(true, base * 8, options.layers()[3], 2, false);
   const int64_t features = base * 8 * 4;

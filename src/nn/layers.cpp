@@ -161,12 +161,16 @@ torch::Tensor activation(const torch::Tensor& input, Activation activation, doub
 torch::Tensor activated_batch_norm(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
                                    const torch::Tensor& running_mean, const torch::Tensor& running_var,
                                    bool training, double momentum, double eps, Activation activation,
-                                   double activation_param) {
+                                   double activation_param, bool abs_weight) {
   TORCH_CHECK(input.dim() >= 2, "activated_batch_norm: input must be N x C x ..., got shape ", input.sizes());
-  // InPlaceABN scales by |w| + eps so that its activation stays invertible; autograd gives sign(w) for free.
-  auto y = torch::batch_norm(input, weight.abs() + eps, bias, running_mean, running_var, training, momentum, eps,
-                             /*cudnn_enabled=*/true);
+  auto y = torch::batch_norm(input, norm_scale(weight, eps, abs_weight), bias, running_mean, running_var, training,
+                             momentum, eps, /*cudnn_enabled=*/true);
   return activation_inplace(y, activation, activation_param);
+}
+
+torch::Tensor norm_scale(const torch::Tensor& weight, double eps, bool abs_weight) {
+  // InPlaceABN scales by |w| + eps so that its activation stays invertible; autograd gives sign(w) for free.
+  return abs_weight ? weight.abs() + eps : weight;
 }
 
 }  // namespace functional
@@ -234,6 +238,8 @@ void ActivatedBatchNormImpl::reset() {
   bias = register_parameter("bias", torch::zeros({c}));
   running_mean = register_buffer("running_mean", torch::zeros({c}));
   running_var = register_buffer("running_var", torch::ones({c}));
+  num_batches_tracked =
+      options.abs_weight() ? torch::Tensor() : register_buffer("num_batches_tracked", torch::zeros({}, torch::kLong));
 }
 
 void ActivatedBatchNormImpl::reset_parameters() {
@@ -242,19 +248,25 @@ void ActivatedBatchNormImpl::reset_parameters() {
   bias.zero_();
   running_mean.zero_();
   running_var.fill_(1);
+  if (num_batches_tracked.defined()) num_batches_tracked.zero_();
 }
 
 void ActivatedBatchNormImpl::pretty_print(std::ostream& stream) const {
-  stream << "asl::nn::ActivatedBatchNorm(" << options.num_features() << ", eps=" << options.eps()
+  stream << "asl::nn::ActivatedBatchNorm(" << options.num_features() << (options.abs_weight() ? "" : ", plain")
+         << ", eps=" << options.eps()
          << ", momentum=" << options.momentum() << ", activation=" << to_string(options.activation());
   if (options.activation() != Activation::Identity) stream << ", activation_param=" << options.activation_param();
   stream << ")";
 }
 
 torch::Tensor ActivatedBatchNormImpl::forward(const torch::Tensor& input) {
+  if (num_batches_tracked.defined() && is_training()) {
+    torch::NoGradGuard no_grad;
+    num_batches_tracked.add_(1);
+  }
   return functional::activated_batch_norm(input, weight, bias, running_mean, running_var, is_training(),
                                           options.momentum(), options.eps(), options.activation(),
-                                          options.activation_param());
+                                          options.activation_param(), options.abs_weight());
 }
 
 // ---- ConvNormAct ---------------------------------------------------------
@@ -267,7 +279,8 @@ void ConvNormActImpl::reset() {
   if (!options.fused()) {
     norm = register_module("1", ActivatedBatchNorm(ActivatedBatchNormOptions(options.out_channels())
                                                        .activation(options.activation())
-                                                       .activation_param(options.activation_param())));
+                                                       .activation_param(options.activation_param())
+                                                       .abs_weight(options.abs_weight())));
   } else {
     norm = nullptr;
   }
@@ -296,8 +309,8 @@ std::pair<torch::Tensor, torch::Tensor> ConvNormActImpl::folded_weight_and_bias(
   torch::NoGradGuard no_grad;
   const double eps = norm->options.eps();
   // Folded in float64 so that fusing adds no rounding beyond the final cast.
-  const auto scale =
-      (norm->weight.to(torch::kFloat64).abs() + eps) / (norm->running_var.to(torch::kFloat64) + eps).sqrt();
+  const auto scale = functional::norm_scale(norm->weight.to(torch::kFloat64), eps, norm->options.abs_weight()) /
+                     (norm->running_var.to(torch::kFloat64) + eps).sqrt();
   auto weight = conv->weight.to(torch::kFloat64) * scale.view({-1, 1, 1, 1});
   auto bias = norm->bias.to(torch::kFloat64) - norm->running_mean.to(torch::kFloat64) * scale;
   return {std::move(weight), std::move(bias)};

@@ -200,7 +200,13 @@ INSTANTIATE_TEST_SUITE_P(AllVariants, TResNetManifest,
 
 TEST(TResNetRegistry, NamesAndErrors) {
   const auto names = asl::models::model_names();
-  EXPECT_EQ(names, (std::vector<std::string>{"tresnet_m", "tresnet_l", "tresnet_xl", "tresnet_l_openimages"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"tresnet_m", "tresnet_l", "tresnet_xl", "tresnet_l_openimages",
+                                             "tresnet_v2_l"}));
+  // timm's TResNet-v2-L: Bottlenecks everywhere, plain batch norms.
+  const auto v2 = asl::models::model_options("tresnet_v2_l", 10);
+  EXPECT_TRUE(v2.v2());
+  EXPECT_TRUE(v2.plain_norms());
+  EXPECT_EQ(v2.layers(), (std::vector<int64_t>{3, 4, 23, 3}));
   EXPECT_THROW(asl::models::create_model("resnet50", 80), std::invalid_argument);
   EXPECT_THROW(asl::models::create_model("tresnet_m", 0), std::invalid_argument);
   const auto o = asl::models::model_options("tresnet_l", 10, asl::models::ModelOptions().do_bottleneck_head(true));

@@ -9,6 +9,7 @@
 
 #include "asl/models/fuse.h"
 #include "asl/models/tresnet.h"
+#include "asl/models/weights.h"
 
 namespace asl::models {
 
@@ -21,6 +22,8 @@ struct ClassifierOptions {
   /// Compute in bfloat16: a bfloat16 fused model, or bfloat16 autocast without fuse. Emulated (correct,
   /// slow) where the CPU has no native bfloat16 (asl::cpu_info()).
   bool bf16 = false;
+  /// timm training checkpoints: the EMA weights (state_dict_ema).
+  bool use_ema = false;
 };
 
 /// A model in eval mode with what the checkpoint says about its classes.
@@ -35,8 +38,13 @@ struct Classifier {
   FusedTResNet fused{nullptr};
   /// Computes in bfloat16 (ClassifierOptions::bf16).
   bool bf16 = false;
+  /// The weights' layout (published/asl or timm) and what held them in the file (Weights::container).
+  Layout layout = Layout::Published;
+  std::string container;
   /// Class names by index: the checkpoint's idx_to_class, "class_<i>" where it has none.
   std::vector<std::string> class_names;
+  /// The checkpoint named its classes (else class_names are "class_<i>", to be replaced by the caller's).
+  bool has_class_names = false;
   /// Per-class decision thresholds (e.g. metrics::load_thresholds(file, class_names).thresholds); empty:
   /// every class uses the caller's global threshold.
   std::vector<double> thresholds;
@@ -49,9 +57,10 @@ struct Classifier {
   torch::Tensor logits(const torch::Tensor& images);
 };
 
-/// Reads a checkpoint (zip or legacy .pth, published layout or a bare state dict), builds the model
-/// (detected, or `model_name` checked against the weights), loads the weights strictly and switches
-/// to eval mode. Throws std::runtime_error naming the file and the cause.
+/// Reads weights in any form read_weights accepts (.pth zip/legacy or .safetensors; published or timm layout;
+/// published, bare or timm training checkpoint), builds the model (detected, or `model_name` checked against
+/// the weights; plain norms for timm's layout), loads the weights strictly and switches to eval mode.
+/// Throws std::runtime_error naming the file and the cause.
 Classifier load_classifier(const std::string& checkpoint_path, const ClassifierOptions& options = {});
 
 }  // namespace asl::models

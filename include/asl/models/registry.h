@@ -24,7 +24,8 @@ struct ModelOptions {
   TORCH_ARG(int64_t, bottleneck_features) = 512;
 };
 
-/// The registered names: tresnet_m, tresnet_l, tresnet_xl, tresnet_l_openimages.
+/// The registered names: tresnet_m, tresnet_l, tresnet_xl, tresnet_l_openimages, tresnet_v2_l (timm's; plain
+/// batch norms).
 std::vector<std::string> model_names();
 
 /// The TResNetOptions of a registered name; throws std::invalid_argument listing the known names.
@@ -41,8 +42,9 @@ struct DetectedModel {
   TResNetOptions options;
 };
 
-/// Reads block counts (body.layerN.<i>.), width (body.conv1.0.weight), input channels and head
-/// (head.fc.weight or head.fc.embedding_generator.0.weight / head.fc.FC.weight) from reference-layout keys.
+/// Reads block counts (body.layerN.<i>.), width (body.conv1.0.weight, or timm's body.conv1.conv.weight,
+/// which also sets plain_norms), input channels, v2 (Bottlenecks in layer1) and head (head.fc.weight or
+/// head.fc.embedding_generator.0.weight / head.fc.FC.weight) from published- or timm-layout keys.
 /// Throws std::runtime_error naming the missing or inconsistent key.
 DetectedModel detect_model(const torch::OrderedDict<std::string, torch::Tensor>& state_dict);
 

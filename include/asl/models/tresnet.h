@@ -32,6 +32,8 @@ struct TResNetBlockOptions {
   TORCH_ARG(bool, use_se) = true;
   /// Inference form: every ConvNormAct has its norm folded into the conv (see fuse_for_inference).
   TORCH_ARG(bool, fused) = false;
+  /// Norm semantics (asl::nn::ActivatedBatchNormOptions::abs_weight).
+  TORCH_ARG(bool, abs_weight) = true;
 };
 
 /// A stride-1 ConvNormAct followed by BlurPool, as children "0" and "1" (the reference's
@@ -96,6 +98,7 @@ struct TResNetStageOptions {
   TORCH_ARG(int64_t, stride) = 1;
   TORCH_ARG(bool, use_se) = true;
   TORCH_ARG(bool, fused) = false;
+  TORCH_ARG(bool, abs_weight) = true;
 };
 
 /// A stage (body.layerN): blocks registered as children "0", "1", ... and applied in order.
@@ -127,18 +130,26 @@ TORCH_MODULE(BottleneckHead);
 
 /// Options of TResNet. Defaults are the reference's constructor defaults (TResNet-M layout without width).
 struct TResNetOptions {
-  /// Blocks per stage: layer1/2 BasicBlocks, layer3/4 Bottlenecks.
+  /// Blocks per stage: layer1/2 BasicBlocks (Bottlenecks with v2), layer3/4 Bottlenecks.
   TORCH_ARG(std::vector<int64_t>, layers) = std::vector<int64_t>{3, 4, 11, 3};
   TORCH_ARG(int64_t, num_classes) = 1000;
   TORCH_ARG(int64_t, in_chans) = 3;
-  /// Base width int(64 * width_factor).
+  /// Base width int(64 * width_factor) (v2: rounded down to a multiple of 8).
   TORCH_ARG(double, width_factor) = 1.0;
+  /// TResNet-v2 (timm's tresnet_v2_l): Bottleneck blocks in all four stages, base width a multiple of 8.
+  TORCH_ARG(bool, v2) = false;
+  /// Plain batch norms (timm's layout and semantics: weights of either sign, num_batches_tracked) instead
+  /// of InPlaceABN's |weight| + eps (the published checkpoints). See asl/models/weights.h.
+  TORCH_ARG(bool, plain_norms) = false;
   /// Open Images head (BottleneckHead) instead of a single Linear.
   TORCH_ARG(bool, do_bottleneck_head) = false;
   TORCH_ARG(int64_t, bottleneck_features) = 512;
   /// Inference form with folded norms; build it with fuse_for_inference.
   TORCH_ARG(bool, fused) = false;
 };
+
+/// The stem's width: int(64 * width_factor), rounded down to a multiple of 8 for v2.
+int64_t base_width(const TResNetOptions& options);
 
 /// The feature extractor, children SpaceToDepth, conv1, layer1..layer4 (a named module rather than a
 /// torch::nn::Sequential, whose clone() would rename the children "0".."5").
@@ -181,7 +192,7 @@ class TResNetImpl : public torch::nn::Cloneable<TResNetImpl> {
   torch::Tensor forward(const torch::Tensor& input);
   /// The pooled N x num_features embedding (input of the head).
   torch::Tensor forward_features(const torch::Tensor& input);
-  int64_t planes() const;
+  int64_t planes() const { return base_width(options); }
   int64_t num_features() const;
   TResNetOptions options;
   TResNetBody body{nullptr};

@@ -64,6 +64,9 @@ struct ActivatedBatchNormOptions {
   TORCH_ARG(Activation, activation) = Activation::LeakyReLU;
   /// Negative slope of leaky ReLU, or alpha of ELU.
   TORCH_ARG(double, activation_param) = 0.01;
+  /// true: InPlaceABN's scale |weight| + eps (the published TResNets). false: plain batch norm, weight
+  /// used as is with either sign, plus a num_batches_tracked buffer (timm's TResNets, BatchNorm2d).
+  TORCH_ARG(bool, abs_weight) = true;
 };
 
 /// Options of ConvNormAct: the reference's conv2d_ABN, Sequential(Conv2d without bias, InPlaceABN).
@@ -81,6 +84,8 @@ struct ConvNormActOptions {
   TORCH_ARG(double, activation_param) = 0.01;
   /// Inference form: the norm is folded into a conv bias and only the activation remains (child "1" is absent).
   TORCH_ARG(bool, fused) = false;
+  /// The norm's weight semantics (ActivatedBatchNormOptions::abs_weight).
+  TORCH_ARG(bool, abs_weight) = true;
 };
 
 namespace functional {
@@ -118,12 +123,16 @@ torch::Tensor blur_pool(const torch::Tensor& input, int64_t stride = 2);
 /// Applies the activation (in place when the input does not need a gradient graph kept intact).
 torch::Tensor activation(const torch::Tensor& input, Activation activation, double param);
 
-/// act((|weight| + eps) * (x - mean) / sqrt(var + eps) + bias). In training the batch statistics normalise
-/// (biased variance) and the running statistics are updated with `momentum` (unbiased variance).
+/// act((|weight| + eps) * (x - mean) / sqrt(var + eps) + bias), or with abs_weight false plain batch norm
+/// act(weight * (x - mean) / sqrt(var + eps) + bias). In training the batch statistics normalise (biased
+/// variance) and the running statistics are updated with `momentum` (unbiased variance).
 torch::Tensor activated_batch_norm(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
                                    const torch::Tensor& running_mean, const torch::Tensor& running_var,
                                    bool training, double momentum, double eps, Activation activation,
-                                   double activation_param);
+                                   double activation_param, bool abs_weight = true);
+
+/// The per-channel scale a norm applies to (x - mean) / sqrt(var + eps): |weight| + eps, or weight.
+torch::Tensor norm_scale(const torch::Tensor& weight, double eps, bool abs_weight);
 
 }  // namespace functional
 
@@ -166,7 +175,8 @@ class SqueezeExciteImpl : public torch::nn::Cloneable<SqueezeExciteImpl> {
 TORCH_MODULE(SqueezeExcite);
 
 /// Batch norm with |weight| + eps scaling and a fused activation; state dict weight, bias, running_mean,
-/// running_var (no num_batches_tracked, as InPlaceABN).
+/// running_var (no num_batches_tracked, as InPlaceABN). With abs_weight false a plain BatchNorm2d followed
+/// by the activation, state dict as BatchNorm2d's (num_batches_tracked counted in training).
 class ActivatedBatchNormImpl : public torch::nn::Cloneable<ActivatedBatchNormImpl> {
  public:
   explicit ActivatedBatchNormImpl(ActivatedBatchNormOptions options);
@@ -177,6 +187,8 @@ class ActivatedBatchNormImpl : public torch::nn::Cloneable<ActivatedBatchNormImp
   torch::Tensor forward(const torch::Tensor& input);
   ActivatedBatchNormOptions options;
   torch::Tensor weight, bias, running_mean, running_var;
+  /// int64 0-d counter of training forwards; defined only with abs_weight false.
+  torch::Tensor num_batches_tracked;
 };
 TORCH_MODULE(ActivatedBatchNorm);
 
@@ -189,9 +201,9 @@ class ConvNormActImpl : public torch::nn::Cloneable<ConvNormActImpl> {
   void pretty_print(std::ostream& stream) const override;
   torch::Tensor forward(const torch::Tensor& input);
   /// The conv weight and bias equivalent to conv + norm in eval mode, in float64:
-  /// scale = (|w| + eps) / sqrt(running_var + eps), weight * scale, bias - running_mean * scale.
+  /// scale = norm_scale(w) / sqrt(running_var + eps), weight * scale, bias - running_mean * scale.
   std::pair<torch::Tensor, torch::Tensor> folded_weight_and_bias() const;
-  /// Folds the norm (running statistics, |weight| + eps) into the conv weight and a new conv bias and
+  /// Folds the norm (running statistics, |weight| + eps or weight) into the conv weight and a new conv bias and
   /// switches to the fused form. Throws if already fused.
   void fuse();
   /// Fused form only: from now on the conv runs oneDNN's prepacked convolution with a copy of the
