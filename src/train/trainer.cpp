@@ -172,6 +172,9 @@ struct Trainer::State {
   TrainerOptions o;
   TrainCallbacks cb;
   std::map<int64_t, std::string> idx_to_class;
+  // The registered architecture's name (empty for a custom one) and the layout checkpoints are written in.
+  std::string arch;
+  models::Layout save_layout = models::Layout::Published;
 
   models::TResNet model{nullptr};
   std::unique_ptr<ModelEma> ema;
@@ -199,6 +202,11 @@ struct Trainer::State {
   models::TResNet ema_model() const { return models::TResNet(ema->module_as<models::TResNetImpl>()); }
   std::string path(const std::string& name) const { return (fs::path(o.out_dir()) / name).string(); }
 
+  // A deliverable checkpoint (model-highest.pth, model-epoch-N.pth) in the run's save layout.
+  void save_model(const std::string& file, const models::TResNet& m) const {
+    models::save_model(file, m, idx_to_class, models::SaveWeightsOptions().layout(save_layout).arch(arch));
+  }
+
   PyValue recipe() const {
     PyValue d = PyValue::dict();
     auto& m = d.as_dict();
@@ -208,6 +216,9 @@ struct Trainer::State {
     m.set(PyValue::str("model"), PyValue::str(o.model_options() ? "custom" : o.model_name()));
     m.set(PyValue::str("layers"), PyValue::str(layers));
     m.set(PyValue::str("width_factor"), PyValue::floating(mo.width_factor()));
+    // Only where they differ from the published TResNets, so that older last.pth files still match.
+    if (mo.v2()) m.set(PyValue::str("v2"), PyValue::boolean(true));
+    if (mo.plain_norms()) m.set(PyValue::str("norms"), PyValue::str("plain"));
     m.set(PyValue::str("num_classes"), PyValue::integer(train.num_classes()));
     m.set(PyValue::str("train_images"), PyValue::integer(train.size()));
     m.set(PyValue::str("image_size"), PyValue::integer(o.image_size()));
@@ -473,17 +484,15 @@ struct Trainer::State {
     if (history.empty() || best_now > highest_map) {
       highest_map = best_now;
       r.improved = true;
-      const torch::nn::Module& better = map_ema > map_regular ? *ema->module() : static_cast<torch::nn::Module&>(*model);
-      guarded_write([&] {
-        io::save_checkpoint(path(kBestFile), io::module_state_dict(better), train.num_classes(), idx_to_class);
-      });
+      const models::TResNet better = map_ema > map_regular ? ema_model() : model;
+      guarded_write([&] { save_model(path(kBestFile), better); });
       message(std::string("epoch ") + std::to_string(r.epoch) + ": " + kBestFile + " ← " +
               (map_ema > map_regular ? "EMA" : "model") + " weights");
     }
     r.highest_map = highest_map;
     if (o.epoch_checkpoints()) {
       const std::string file = path("model-epoch-" + std::to_string(r.epoch) + ".pth");
-      guarded_write([&] { io::save_checkpoint(file, io::module_state_dict(*model), train.num_classes(), idx_to_class); });
+      guarded_write([&] { save_model(file, model); });
     }
     history.push_back(r);
     ++epoch;
@@ -633,23 +642,45 @@ Trainer::Trainer(LabeledImages train, LabeledImages val, TrainerOptions options,
   if (o.deterministic()) at::globalContext().setDeterministicAlgorithms(true, false);
   torch::manual_seed(o.seed());
   const int64_t c = s.train.num_classes();
-  if (o.model_options()) {
-    models::TResNetOptions mo = *o.model_options();
-    mo.num_classes(c);
-    s.model = models::TResNet(mo);
-  } else {
-    s.model = models::create_model(o.model_name(), c);
-  }
+  c10::optional<models::Weights> pretrain;
   if (!o.pretrain_path().empty()) {
-    const io::LoadedCheckpoint ck = io::load_checkpoint(o.pretrain_path());
-    if (ck.model.is_empty()) throw std::runtime_error(o.pretrain_path() + ": holds no state dict");
+    pretrain = models::read_weights(o.pretrain_path(), models::ReadWeightsOptions().use_ema(o.pretrain_use_ema()));
+  }
+  models::TResNetOptions mo;
+  if (o.model_options()) {
+    mo = *o.model_options();
+  } else if (o.model_name() == "auto") {
+    if (!pretrain) throw std::runtime_error("model name 'auto' takes the architecture of a pretrain, and none is given");
+    const models::DetectedModel detected = models::detect_weights(*pretrain);
+    mo = detected.options;
+    s.arch = detected.name;
+  } else {
+    mo = models::model_options(o.model_name(), c);
+    s.arch = o.model_name();
+  }
+  mo.num_classes(c).fused(false);
+  // timm's weights mean plain batch norms; the model keeps their semantics while it trains.
+  if (pretrain && pretrain->layout == models::Layout::Timm) mo.plain_norms(true);
+  s.save_layout = o.save_layout().value_or(models::natural_layout(mo));
+  if (s.save_layout == models::Layout::Published && mo.plain_norms()) {
+    throw std::runtime_error(std::string("save layout asl: ") +
+                             (pretrain && pretrain->layout == models::Layout::Timm
+                                  ? "the pretrain " + o.pretrain_path() + " is in timm's layout, so the model has plain "
+                                  : std::string("this model has plain ")) +
+                             "batch norms, which the published (asl) layout cannot hold; use --save-layout timm");
+  }
+  s.model = models::TResNet(mo);
+  if (pretrain) {
+    const models::Weights& w = *pretrain;
+    const io::StateDict state = models::state_for_model(w.state, w.layout, s.model, w.path);
     int64_t dropped = 0;
-    for (const auto& item : ck.model) dropped += item.key().find("head.fc") != std::string::npos;
+    for (const auto& item : state) dropped += item.key().find("head.fc") != std::string::npos;
     io::LoadStateDictOptions lo;
     lo.strict(false).key_filter([](const std::string& k) { return k.find("head.fc") == std::string::npos; });
-    const io::LoadStateDictReport report = io::load_state_dict(*s.model, ck.model, lo);
-    std::string note = "pretrain " + o.pretrain_path() + ": " + std::to_string(ck.model.size() - dropped) +
-                       " tensors considered, " + std::to_string(dropped) + " head.fc.* dropped (new head)";
+    const io::LoadStateDictReport report = io::load_state_dict(*s.model, state, lo);
+    std::string note = "pretrain " + w.path + " (" + models::to_string(w.layout) + " layout, " + w.container + "): " +
+                       std::to_string(state.size() - dropped) + " tensors considered, " + std::to_string(dropped) +
+                       " head.fc.* dropped (new head)";
     const auto list = [&note](const char* what, const std::vector<std::string>& keys) {
       if (keys.empty()) return;
       note += "; " + std::to_string(keys.size()) + " " + what + ":";
@@ -674,6 +705,8 @@ Trainer::~Trainer() = default;
 models::TResNet Trainer::model() const { return s_->model; }
 models::TResNet Trainer::ema() const { return s_->ema_model(); }
 int64_t Trainer::steps_per_epoch() const { return s_->steps_per_epoch; }
+std::string Trainer::architecture() const { return s_->arch.empty() ? "a custom TResNet" : s_->arch; }
+models::Layout Trainer::save_layout() const { return s_->save_layout; }
 
 TrainResult Trainer::run() {
   State& s = *s_;

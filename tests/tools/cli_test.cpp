@@ -11,10 +11,13 @@
 
 #include "asl/data/coco.h"
 #include "asl/data/image.h"
+#include "asl/io/checkpoint.h"
 #include "asl/io/npy.h"
+#include "asl/io/safetensors.h"
 #include "asl/metrics/map.h"
 #include "asl/metrics/thresholds.h"
 #include "asl/models/pretrained.h"
+#include "asl/models/weights.h"
 #include "asl/runtime.h"
 #include "test_util.h"
 
@@ -244,6 +247,151 @@ TEST(CliErrors, EveryDocumentedErrorIsClearAndLeavesNoOutput) {
   expect_failure(run("infer " + fixture("images/dog.jpg") + model + " --model-name resnet9000"), "resnet9000");
   // A usage error exits with 2.
   EXPECT_EQ(run("validate --no-such-flag").code, 2);
+}
+
+// ---- timm's weights through every command --------------------------------
+
+// fixtures/coco restricted to its first `classes` categories (the timm fixture models have 12 and 7).
+fs::path coco_subset(const fs::path& dir, int classes) {
+  nlohmann::json j = asl::test::load_json(fixture("coco/annotations.json"));
+  nlohmann::json cats = nlohmann::json::array(), anns = nlohmann::json::array();
+  std::set<int64_t> kept;
+  for (const auto& c : j.at("categories")) {
+    if (static_cast<int>(cats.size()) == classes) break;
+    cats.push_back(c);
+    kept.insert(c.at("id").get<int64_t>());
+  }
+  for (const auto& a : j.at("annotations")) {
+    if (kept.count(a.at("category_id").get<int64_t>()) > 0) anns.push_back(a);
+  }
+  j["categories"] = cats;
+  j["annotations"] = anns;
+  const fs::path out = dir / ("coco_" + std::to_string(classes) + ".json");
+  std::ofstream(out) << j.dump();
+  return out;
+}
+
+torch::Tensor timm_scores(const std::string& file, bool use_ema, const std::vector<std::string>& paths, int64_t size,
+                          asl::data::ResampleFilter filter) {
+  asl::models::ClassifierOptions o;
+  o.fuse = false;
+  o.use_ema = use_ema;
+  asl::models::Classifier model = asl::models::load_classifier(fixture("timm/" + file), o);
+  std::vector<torch::Tensor> images;
+  for (const auto& p : paths) images.push_back(asl::data::to_tensor(asl::data::load_resized(p, size, filter)));
+  return torch::sigmoid(model.logits(torch::stack(images)));
+}
+
+TEST(CliTimm, InferWithTimmWeightsEmaAndClassNames) {
+  const fs::path dir = temp_dir("timm_infer");
+  std::ofstream(dir / "names.txt") << "a\nb\nc\nd\ne\nf\ng\n";
+  const std::string image = fixture("images/dog.jpg");
+  for (const bool ema : {false, true}) {
+    for (const char* file : {"small_v2.safetensors", "small_v2_train.pth.tar"}) {
+      if (ema && std::string(file) != "small_v2_train.pth.tar") continue;
+      SCOPED_TRACE(std::string(file) + (ema ? " --use-ema" : ""));
+      const Result r = run("infer " + image + " --model-path " + fixture(std::string("timm/") + file) +
+                           " --input-size 96 --th 0.5 --json --class-names " + (dir / "names.txt").string() +
+                           (ema ? " --use-ema" : ""));
+      ASSERT_EQ(r.code, 0) << r.err;
+      const nlohmann::json j = nlohmann::json::parse(r.out);
+      const torch::Tensor want =
+          timm_scores("small_v2_train.pth.tar", ema, {image}, 96, asl::data::ResampleFilter::bicubic)[0];
+      ASSERT_EQ(j.at("scores").size(), 7u);
+      for (int64_t k = 0; k < 7; ++k) {
+        EXPECT_NEAR(j.at("scores")[static_cast<size_t>(k)].get<double>(), want[k].item<double>(), 1e-4);
+      }
+      for (const auto& d : j.at("detected")) {
+        EXPECT_EQ(d.at("class").get<std::string>(), std::string(1, static_cast<char>('a' + d.at("index").get<int>())));
+      }
+    }
+  }
+  expect_failure(run("infer " + image + " --model-path " + fixture("timm/small_v2.safetensors") + " --use-ema"),
+                 "--use-ema");
+  std::ofstream(dir / "three.txt") << "a\nb\nc\n";
+  expect_failure(run("infer " + image + " --model-path " + fixture("timm/small_v2.safetensors") + " --class-names " +
+                     (dir / "three.txt").string()),
+                 "has 3 class names, the model has 7");
+}
+
+TEST(CliTimm, ValidateTakesTheDatasetsClassNames) {
+  const fs::path dir = temp_dir("timm_validate");
+  const fs::path ann = coco_subset(dir, 12);
+  const fs::path preds = dir / "preds";
+  const Result r = run("validate --annotations " + ann.string() + " --images " + fixture("coco") + " --model-path " +
+                       fixture("timm/small_v1.safetensors") + " --image-size 128 --batch-size 2 --json --per-class "
+                       "--save-preds " + preds.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("does not name its classes; using those of"), std::string::npos) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  const asl::data::CocoDataset ds = asl::data::load_coco(ann.string(), fixture("coco"));
+  for (const auto& name : ds.class_names) EXPECT_TRUE(j.at("per_class").contains(name)) << name;
+  const torch::Tensor scores = asl::io::load_npy((preds / "scores.npy").string());
+  EXPECT_TRUE(asl::test::all_close(
+      scores, timm_scores("small_v1.safetensors", false, ds.image_paths(), 128, asl::data::ResampleFilter::bilinear),
+      kFusedAtol, kFusedRtol));
+}
+
+TEST(CliTimm, FineTuneFromTimmWeightsWritesTimmCheckpoints) {
+  const fs::path dir = temp_dir("timm_train");
+  const fs::path ann7 = coco_subset(dir, 7);
+  const std::string data = " --annotations " + ann7.string() + " --images " + fixture("coco") + " --val-annotations " +
+                           ann7.string() + " --val-images " + fixture("coco");
+  const std::string common = data + " --image-size 64 --batch-size 2 --epochs 1 --workers 1 --precision fp32";
+  // The v2 training checkpoint's EMA weights: architecture read from the file, norms plain, timm layout out.
+  const Result r = run("train --model-path " + fixture("timm/small_v2_train.pth.tar") + " --use-ema" + common +
+                       " --out " + (dir / "v2").string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("plain batch norms"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("timm layout, timm training checkpoint, state_dict_ema"), std::string::npos) << r.err;
+  const auto best = asl::models::read_weights((dir / "v2" / "model-highest.pth").string());
+  EXPECT_EQ(best.layout, asl::models::Layout::Timm);
+  EXPECT_TRUE(best.state.contains("body.layer1.0.downsample.0.conv.weight"));
+  EXPECT_EQ(best.idx_to_class.at(0), asl::data::load_coco(ann7.string(), fixture("coco")).class_names[0]);
+  // Readable by validate as it is.
+  const Result v = run("validate --annotations " + ann7.string() + " --images " + fixture("coco") + " --model-path " +
+                       (dir / "v2" / "model-highest.pth").string() + " --image-size 64 --json");
+  EXPECT_EQ(v.code, 0) << v.err;
+  // A 12-class pretrain on 7 classes: the head is dropped and said so; the published layout is refused.
+  const Result head = run("train --model-path " + fixture("timm/small_v1.pth") + common + " --max-steps 1 --out " +
+                          (dir / "v1").string());
+  ASSERT_EQ(head.code, 0) << head.err;
+  EXPECT_NE(head.err.find("head.fc.* dropped"), std::string::npos) << head.err;
+  expect_failure(run("train --model-path " + fixture("timm/small_v1.pth") + common + " --save-layout asl --out " +
+                     (dir / "v1asl").string()),
+                 "--save-layout timm");
+  EXPECT_FALSE(fs::exists(dir / "v1asl" / "model-highest.pth"));
+}
+
+TEST(CliTimm, CkptConvertRoundTripsAndRefusesWhatCannotBeConverted) {
+  const fs::path dir = temp_dir("timm_convert");
+  const std::string pub = (dir / "pub.pth").string(), back = (dir / "back.safetensors").string();
+  Result r = run("ckpt convert " + fixture("timm/small_v1_pos.safetensors") + " " + pub + " --layout asl");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run("ckpt convert " + pub + " " + back + " --layout timm");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto want_pub = asl::io::load_checkpoint(fixture("timm/small_v1_pos_published.pth")).model;
+  const auto got_pub = asl::io::load_checkpoint(pub).model;
+  ASSERT_EQ(got_pub.size(), want_pub.size());
+  for (const auto& item : want_pub) EXPECT_TRUE(got_pub[item.key()].equal(item.value())) << item.key();
+  const auto want_timm = asl::io::load_safetensors(fixture("timm/small_v1_pos.safetensors")).tensors;
+  const auto got_timm = asl::io::load_safetensors(back).tensors;
+  ASSERT_EQ(got_timm.size(), want_timm.size());
+  for (const auto& item : want_timm) {
+    if (item.key().find("num_batches_tracked") != std::string::npos) continue;  // published has none: 0
+    EXPECT_TRUE(got_timm[item.key()].equal(item.value())) << item.key();
+  }
+  r = run("ckpt info " + back);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("layout:  timm"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("plain batch norm"), std::string::npos) << r.out;
+  // Signed norm weights have no published form; v2 has no published layout: an error and no file.
+  const fs::path refused = dir / "refused.pth";
+  expect_failure(run("ckpt convert " + fixture("timm/small_v1.pth") + " " + refused.string() + " --layout asl"),
+                 "body.conv1.bn.weight");
+  expect_failure(run("ckpt convert " + fixture("timm/small_v2.safetensors") + " " + refused.string() + " --layout asl"),
+                 "TResNet-v2");
+  EXPECT_FALSE(fs::exists(refused));
 }
 
 }  // namespace

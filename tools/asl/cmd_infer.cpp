@@ -21,8 +21,7 @@ namespace {
 
 struct InferParams {
   std::vector<std::string> inputs;
-  std::string model_path;
-  std::string model_name = "auto";
+  WeightsFlags weights;
   int64_t input_size = 448;
   std::string dataset_type = "MS-COCO";
   double th = -1;  // < 0: the dataset type's default
@@ -95,10 +94,9 @@ int run_infer(const InferParams& p) {
   const double th = p.th >= 0 ? p.th : (p.dataset_type == "OpenImages" ? 0.995 : 0.7);
   const std::vector<std::string> files = expand_inputs(p.inputs);
   models::ClassifierOptions mo;
-  mo.model_name = p.model_name;
   mo.fuse = p.fuse;
   mo.bf16 = announce_precision("infer", p.precision).bf16;
-  models::Classifier model = models::load_classifier(p.model_path, mo);
+  models::Classifier model = load_model("infer", p.weights, mo);
   if (!p.thresholds.empty()) model.thresholds = metrics::load_thresholds(p.thresholds, model.class_names).thresholds;
 
   std::filesystem::path annotate_dir;
@@ -164,9 +162,7 @@ void register_infer(CLI::App& app, Runner& run) {
   auto p = std::make_shared<InferParams>();
   CLI::App* cmd = app.add_subcommand("infer", "print the classes a checkpoint detects in images (files or folders)");
   cmd->add_option("images,--pic-path,--pic_path", p->inputs, "image files or folders")->required();
-  cmd->add_option("--model-path,--model_path", p->model_path, "checkpoint (.pth)")->required();
-  cmd->add_option("--model-name,--model_name", p->model_name, "tresnet_m|tresnet_l|tresnet_xl|tresnet_l_openimages|auto")
-      ->capture_default_str();
+  add_weights_flags(cmd, p->weights);
   cmd->add_option("--input-size,--input_size", p->input_size, "input resolution (multiple of 32)")->capture_default_str();
   cmd->add_option("--dataset-type,--dataset_type", p->dataset_type, "MS-COCO or OpenImages (sets the default threshold)")
       ->capture_default_str();

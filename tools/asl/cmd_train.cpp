@@ -24,8 +24,10 @@ struct TrainParams {
   std::string annotations, images;
   std::string val_annotations, val_images;
   std::string train_data, val_data;
-  std::string model_name = "tresnet_m";
+  std::string model_name = "auto";
   std::string model_path;
+  bool use_ema = false;
+  std::string save_layout = "auto";
   std::vector<int64_t> layers;
   double width_factor = 1.0;
   int64_t image_size = 224;
@@ -106,8 +108,10 @@ int run_train(const TrainParams& p) {
                          : any_set(p.val_data, p.val_split);
 
   train::TrainerOptions o;
-  o.model_name(p.model_name)
+  // auto: the pretrain's architecture, or TResNet-M from scratch.
+  o.model_name(p.model_name == "auto" && p.model_path.empty() ? "tresnet_m" : p.model_name)
       .pretrain_path(p.model_path)
+      .pretrain_use_ema(p.use_ema)
       .image_size(p.image_size)
       .batch_size(p.batch_size)
       .val_batch_size(p.val_batch_size)
@@ -135,6 +139,7 @@ int run_train(const TrainParams& p) {
     o.model_options(models::TResNetOptions().layers(p.layers).width_factor(p.width_factor));
   }
   o.augment(p.augment ? train::reference_augment() : nullptr);
+  if (p.save_layout != "auto") o.save_layout(models::parse_layout(p.save_layout));
 
   std::unique_ptr<Progress> progress;
   int64_t total_epochs = (p.stop_epoch == 0 || p.stop_epoch > p.epochs) ? p.epochs : p.stop_epoch;
@@ -178,9 +183,9 @@ int run_train(const TrainParams& p) {
   cb.stop_requested = [] { return g_signal.load() != 0; };
 
   train::Trainer trainer(std::move(train_set), std::move(val_set), o, cb);
-  std::cerr << "asl train: " << (p.model_path.empty() ? "" : "fine-tuning ")
-            << (p.layers.empty() ? p.model_name : std::string("a custom TResNet")) << ", "
-            << trainer.steps_per_epoch() << " steps per epoch, " << total_epochs << " of " << p.epochs
+  std::cerr << "asl train: " << (p.model_path.empty() ? "" : "fine-tuning ") << trainer.architecture()
+            << (trainer.model()->options.plain_norms() ? " (plain batch norms)" : "") << ", checkpoints in "
+            << models::to_string(trainer.save_layout()) << " layout, " << trainer.steps_per_epoch() << " steps per epoch, " << total_epochs << " of " << p.epochs
             << " epochs; outputs in " << p.out << "\n";
   g_signal.store(0);
   std::signal(SIGINT, on_stop_signal);
@@ -217,9 +222,18 @@ void register_train(CLI::App& app, Runner& run) {
   cmd->add_option("--train-data,--train_data", p->train_data,
                   "training set by path: a CSV list, a folder dataset or a COCO reference-layout folder (see README)");
   cmd->add_option("--val-data,--val_data", p->val_data, "validation set by path, as --train-data");
-  cmd->add_option("--model-name,--model_name", p->model_name, "tresnet_m|tresnet_l|tresnet_xl|tresnet_l_openimages")
+  cmd->add_option("--model-name,--model_name", p->model_name,
+                  model_name_choices(true) + " (auto: the --model-path pretrain's architecture, else tresnet_m)")
       ->capture_default_str();
-  cmd->add_option("--model-path,--model_path", p->model_path, "pretrain to start from (head.fc.* is dropped)");
+  cmd->add_option("--model-path,--model_path", p->model_path,
+                  "pretrain to start from, any weights asl reads (.pth or .safetensors, asl or timm layout); head.fc.* "
+                  "is dropped");
+  cmd->add_flag("--use-ema,--use_ema", p->use_ema, "timm training checkpoint pretrain: start from its EMA weights");
+  cmd->add_option("--save-layout,--save_layout", p->save_layout,
+                  "layout of model-highest.pth and model-epoch-N.pth: auto (asl's, or timm's for plain-norm models "
+                  "from timm weights), asl or timm")
+      ->check(CLI::IsMember({"auto", "asl", "published", "timm"}))
+      ->capture_default_str();
   cmd->add_option("--layers", p->layers, "a custom TResNet instead of --model-name: blocks per stage, e.g. 1,1,1,1")
       ->delimiter(',')
       ->expected(4);

@@ -29,8 +29,7 @@ struct ValidateParams {
   std::string split = "val2014";
   std::string annotations;
   std::string images;
-  std::string model_path;
-  std::string model_name = "auto";
+  WeightsFlags weights;
   int64_t image_size = 448;
   int64_t batch_size = 32;
   int64_t workers = 2;
@@ -103,12 +102,11 @@ int run_validate(const ValidateParams& p) {
   if (dataset.size() == 0) throw std::runtime_error(paths.annotations + ": the dataset has no images");
 
   models::ClassifierOptions mo;
-  mo.model_name = p.model_name;
   mo.fuse = p.fuse;
   mo.bf16 = announce_precision("validate", p.precision).bf16;
-  models::Classifier model = models::load_classifier(p.model_path, mo);
+  models::Classifier model = load_model("validate", p.weights, mo, dataset.class_names, paths.annotations);
   if (model.num_classes() != dataset.num_classes()) {
-    throw std::runtime_error(p.model_path + ": the model has " + std::to_string(model.num_classes()) + " classes but " +
+    throw std::runtime_error(p.weights.path + ": the model has " + std::to_string(model.num_classes()) + " classes but " +
                              paths.annotations + " has " + std::to_string(dataset.num_classes()) + " categories");
   }
 
@@ -155,7 +153,7 @@ int run_validate(const ValidateParams& p) {
   const metrics::ThresholdMetrics m = metrics::threshold_metrics(scores, targets, p.thre);
   if (!p.report.empty()) {
     report::ValidationRun run;
-    run.checkpoint = p.model_path;
+    run.checkpoint = p.weights.path;
     run.architecture = model.model_name;
     run.dataset = paths_description;
     run.precision = model.bf16 ? "bf16" : "fp32";
@@ -233,9 +231,7 @@ void register_validate(CLI::App& app, Runner& run) {
   cmd->add_option("--split", p->split, "split name of the reference layout")->capture_default_str();
   cmd->add_option("--annotations", p->annotations, "COCO-format annotation file (instead of DIR)");
   cmd->add_option("--images", p->images, "folder the annotation file's file_name entries are relative to");
-  cmd->add_option("--model-path,--model_path", p->model_path, "checkpoint (.pth)")->required();
-  cmd->add_option("--model-name,--model_name", p->model_name, "tresnet_m|tresnet_l|tresnet_xl|tresnet_l_openimages|auto")
-      ->capture_default_str();
+  add_weights_flags(cmd, p->weights);
   cmd->add_option("--image-size,--image_size", p->image_size, "input resolution (multiple of 32)")->capture_default_str();
   cmd->add_option("--batch-size,--batch_size", p->batch_size, "images per batch")->capture_default_str();
   cmd->add_option("--workers", p->workers, "decoding threads (0: decode on the main thread)")->capture_default_str();

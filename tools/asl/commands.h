@@ -6,6 +6,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "asl/models/pretrained.h"
 #include "asl/runtime.h"
 
 namespace asl::cli {
@@ -34,6 +35,24 @@ struct PrecisionFlags {
 };
 void add_precision_flags(CLI::App* cmd, PrecisionFlags& flags, const std::string& legacy_flag,
                          const std::string& legacy_help);
+
+/// The weights flags of infer and validate: --model-path, --model-name, --use-ema, --class-names.
+struct WeightsFlags {
+  std::string path;
+  std::string name = "auto";
+  bool use_ema = false;
+  std::string class_names;
+};
+void add_weights_flags(CLI::App* cmd, WeightsFlags& flags);
+
+/// "tresnet_m|tresnet_l|..." (the registered names), with "|auto" first when `with_auto`.
+std::string model_name_choices(bool with_auto);
+
+/// load_classifier with the flags; class names from the checkpoint, else --class-names, else `fallback`
+/// (e.g. the dataset's; used only when its count matches), else class_<i>. Says on stderr which were used
+/// when they are not the checkpoint's.
+models::Classifier load_model(const std::string& command, const WeightsFlags& flags, models::ClassifierOptions options,
+                              const std::vector<std::string>& fallback = {}, const std::string& fallback_source = "");
 
 /// Resolves the flags on this CPU and prints the run's first line, "asl <command>: precision <why>", on
 /// stderr (a warning where bf16 is asked for but not native).

@@ -6,6 +6,8 @@
 #include <ATen/Parallel.h>
 
 #include "asl/io/file.h"
+#include "asl/models/registry.h"
+#include "asl/models/weights.h"
 #include "commands.h"
 
 namespace asl::cli {
@@ -32,6 +34,47 @@ void prepare_output_folder(const std::string& command, const std::string& folder
   for (const auto& n : stale) names += (names.empty() ? "" : ", ") + n;
   std::cerr << "asl " << command << ": removed " << stale.size() << " temporary file(s) of an interrupted run from "
             << folder << ": " << names << "\n";
+}
+
+std::string model_name_choices(bool with_auto) {
+  std::string out = with_auto ? "auto" : "";
+  for (const auto& name : models::model_names()) out += (out.empty() ? "" : "|") + name;
+  return out;
+}
+
+void add_weights_flags(CLI::App* cmd, WeightsFlags& flags) {
+  cmd->add_option("--model-path,--model_path", flags.path,
+                  "weights: .pth (published checkpoint, bare state dict or timm training checkpoint) or .safetensors, "
+                  "in asl's (published) or timm's layout")
+      ->required();
+  cmd->add_option("--model-name,--model_name", flags.name,
+                  model_name_choices(true) + " (auto: the architecture of the weights)")
+      ->capture_default_str();
+  cmd->add_flag("--use-ema,--use_ema", flags.use_ema, "timm training checkpoints: use the EMA weights (state_dict_ema)");
+  cmd->add_option("--class-names,--class_names", flags.class_names,
+                  "class names, one per line, for weights that do not name their classes");
+}
+
+models::Classifier load_model(const std::string& command, const WeightsFlags& flags, models::ClassifierOptions options,
+                              const std::vector<std::string>& fallback, const std::string& fallback_source) {
+  options.model_name = flags.name;
+  options.use_ema = flags.use_ema;
+  models::Classifier model = models::load_classifier(flags.path, options);
+  const auto n = static_cast<size_t>(model.num_classes());
+  if (model.has_class_names) {
+    if (!flags.class_names.empty()) {
+      std::cerr << "asl " << command << ": --class-names " << flags.class_names << " not used: " << flags.path
+                << " names its classes\n";
+    }
+  } else if (!flags.class_names.empty()) {
+    model.class_names = models::read_class_names(flags.class_names, model.num_classes());
+    model.has_class_names = true;
+  } else if (!fallback.empty() && fallback.size() == n) {
+    model.class_names = fallback;
+    std::cerr << "asl " << command << ": " << flags.path << " does not name its classes; using those of "
+              << fallback_source << "\n";
+  }
+  return model;
 }
 
 PrecisionChoice announce_precision(const std::string& command, const PrecisionFlags& flags) {

@@ -15,6 +15,7 @@
 #include "asl/data/coco.h"
 #include "asl/data/image.h"
 #include "asl/models/tresnet.h"
+#include "asl/models/weights.h"
 #include "asl/nn/loss.h"
 
 namespace asl::train {
@@ -49,13 +50,20 @@ AugmentFn reference_augment();
 
 /// The reference's recipe (train.py) as defaults, plus run control.
 struct TrainerOptions {
-  /// A registered architecture (tresnet_m, …); ignored when model_options is set.
+  /// A registered architecture (tresnet_m, …), or "auto": the pretrain's architecture (needs
+  /// pretrain_path); ignored when model_options is set.
   TORCH_ARG(std::string, model_name) = "tresnet_m";
   /// A custom architecture (its num_classes is replaced by the dataset's), e.g. a tiny TResNet in tests.
   TORCH_ARG(c10::optional<models::TResNetOptions>, model_options) = c10::nullopt;
-  /// A pretrain to start from (published layout or bare state dict); head.fc.* is dropped as the
-  /// reference does and every other missing, unexpected or mismatched key is reported.
+  /// A pretrain to start from: any file models::read_weights reads (published or timm layout, .pth or
+  /// .safetensors); head.fc.* is dropped as the reference does and every other missing, unexpected or
+  /// mismatched key is reported. A timm-layout pretrain makes the model's norms plain batch norms.
   TORCH_ARG(std::string, pretrain_path) = "";
+  /// Take the pretrain's EMA weights (timm training checkpoints' state_dict_ema).
+  TORCH_ARG(bool, pretrain_use_ema) = false;
+  /// The layout of model-highest.pth and model-epoch-N.pth; unset: the model's natural one (published for
+  /// InPlaceABN norms, timm for plain norms). Published with plain norms is refused at construction.
+  TORCH_ARG(c10::optional<models::Layout>, save_layout) = c10::nullopt;
   /// Training and validation resolution (multiple of 32).
   TORCH_ARG(int64_t, image_size) = 224;
   TORCH_ARG(int64_t, batch_size) = 128;
@@ -177,6 +185,10 @@ class Trainer {
   models::TResNet ema() const;
   /// Steps per epoch: ceil(train images / batch size), as the reference's DataLoader without drop_last.
   int64_t steps_per_epoch() const;
+  /// The registered architecture's name ("tresnet_m", ...), or "a custom TResNet".
+  std::string architecture() const;
+  /// The layout model-highest.pth and model-epoch-N.pth are written in.
+  models::Layout save_layout() const;
 
  private:
   struct State;
