@@ -282,6 +282,17 @@ torch::Tensor timm_scores(const std::string& file, bool use_ema, const std::vect
   return torch::sigmoid(model.logits(torch::stack(images)));
 }
 
+// Logits of `file` on `input` through ../shared/bench/ref_tresnet.py (plain PyTorch, timm's layout: the
+// stand-in for timm's own TResNet and load_checkpoint).
+torch::Tensor reference_timm_logits(const std::string& file, const std::string& input, const fs::path& dir) {
+  const fs::path script = asl::test::fixtures_dir().parent_path() / "bench" / "ref_tresnet.py";
+  const fs::path out = dir / "ref_logits.npy";
+  const std::string cmd = "/usr/bin/python3 " + script.string() + " logits " + file + " " + input + " " + out.string() +
+                          " --layout timm >" + (dir / "ref.log").string() + " 2>&1";
+  if (std::system(cmd.c_str()) != 0) throw std::runtime_error("ref_tresnet.py failed: " + slurp(dir / "ref.log"));
+  return asl::io::load_npy(out.string());
+}
+
 TEST(CliTimm, InferWithTimmWeightsEmaAndClassNames) {
   const fs::path dir = temp_dir("timm_infer");
   std::ofstream(dir / "names.txt") << "a\nb\nc\nd\ne\nf\ng\n";
@@ -348,6 +359,14 @@ TEST(CliTimm, FineTuneFromTimmWeightsWritesTimmCheckpoints) {
   EXPECT_EQ(best.layout, asl::models::Layout::Timm);
   EXPECT_TRUE(best.state.contains("body.layer1.0.downsample.0.conv.weight"));
   EXPECT_EQ(best.idx_to_class.at(0), asl::data::load_coco(ann7.string(), fixture("coco")).class_names[0]);
+  // timm's TResNet (the stand-in) loads it and computes asl's logits.
+  const std::string input = fixture("timm/small_v2_input.npy");
+  asl::models::ClassifierOptions co;
+  co.fuse = false;
+  const torch::Tensor asl_logits =
+      asl::models::load_classifier((dir / "v2" / "model-highest.pth").string(), co).logits(asl::io::load_npy(input));
+  EXPECT_TRUE(asl::test::all_close(reference_timm_logits((dir / "v2" / "model-highest.pth").string(), input, dir),
+                                   asl_logits, 1e-5, 1e-5));
   // Readable by validate as it is.
   const Result v = run("validate --annotations " + ann7.string() + " --images " + fixture("coco") + " --model-path " +
                        (dir / "v2" / "model-highest.pth").string() + " --image-size 64 --json");
@@ -381,6 +400,9 @@ TEST(CliTimm, CkptConvertRoundTripsAndRefusesWhatCannotBeConverted) {
     if (item.key().find("num_batches_tracked") != std::string::npos) continue;  // published has none: 0
     EXPECT_TRUE(got_timm[item.key()].equal(item.value())) << item.key();
   }
+  // The converted file in timm's TResNet (the stand-in) gives the fixture's logits.
+  EXPECT_TRUE(asl::test::all_close(reference_timm_logits(back, fixture("timm/small_v1_input.npy"), dir),
+                                   asl::test::fixture_npy("timm", "small_v1_pos_eval_logits.npy"), 5e-5, 1e-5));
   r = run("ckpt info " + back);
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("layout:  timm"), std::string::npos) << r.out;
