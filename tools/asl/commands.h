@@ -43,7 +43,8 @@ struct WeightsFlags {
   bool use_ema = false;
   std::string class_names;
 };
-void add_weights_flags(CLI::App* cmd, WeightsFlags& flags);
+/// `positional`: the weights are the first positional argument instead of --model-path.
+void add_weights_flags(CLI::App* cmd, WeightsFlags& flags, bool positional = false);
 
 /// "tresnet_m|tresnet_l|..." (the registered names), with "|auto" first when `with_auto`.
 std::string model_name_choices(bool with_auto);
@@ -67,5 +68,8 @@ void register_train(CLI::App& app, Runner& run);
 
 /// `asl data fashion-mosaic OUT …`: dataset builders (cmd_data.cpp).
 void register_data(CLI::App& app, Runner& run);
+
+/// `asl export WEIGHTS OUT.onnx ...`.
+void register_export(CLI::App& app, Runner& run);
 
 }  // namespace asl::cli

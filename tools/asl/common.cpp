@@ -42,8 +42,8 @@ std::string model_name_choices(bool with_auto) {
   return out;
 }
 
-void add_weights_flags(CLI::App* cmd, WeightsFlags& flags) {
-  cmd->add_option("--model-path,--model_path", flags.path,
+void add_weights_flags(CLI::App* cmd, WeightsFlags& flags, bool positional) {
+  cmd->add_option(positional ? "weights" : "--model-path,--model_path", flags.path,
                   "weights: .pth (published checkpoint, bare state dict or timm training checkpoint) or .safetensors, "
                   "in asl's (published) or timm's layout")
       ->required();

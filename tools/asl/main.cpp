@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   asl::cli::register_infer(app, run);
   asl::cli::register_train(app, run);
   asl::cli::register_data(app, run);
+  asl::cli::register_export(app, run);
   app.footer("Run `asl <subcommand> --help` for a subcommand's flags; README.md has examples.");
   try {
     app.parse(argc, argv);
