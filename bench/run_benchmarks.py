@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -70,11 +71,49 @@ def metrics_rows(build, baseline_dir, min_time):
     return [f"mAP              40137x80  mean_average_precision   {fmt_time(t)}  python {fmt_time(py)}  {py / t:.1f}x"]
 
 
+def onnx_rows(build, baseline_dir, min_time):
+    """TResNet-M at 224, float32: asl's fused model against ONNX Runtime running asl's own export of it."""
+    asl = os.path.join(build, "asl")
+    binary = os.path.join(build, "bench", "tresnet_bench")
+    modules = os.path.join(HERE, "..", ".deps", "ort", "node_modules")
+    if not (os.path.exists(asl) and os.path.exists(binary)):
+        return []
+    if not os.path.isdir(os.path.join(modules, "onnxruntime-node")):
+        return ["onnx: onnxruntime-node is not installed (run scripts/setup.sh); ONNX Runtime rows skipped"]
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt, model = os.path.join(tmp, "tresnet_m.pth"), os.path.join(tmp, "tresnet_m.onnx")
+        subprocess.run(["/usr/bin/python3", os.path.join(baseline_dir, "ref_tresnet.py"), "random", ckpt, "--model",
+                        "tresnet_m", "--num-classes", "80", "--layout", "published"], check=True, capture_output=True)
+        subprocess.run([asl, "export", ckpt, model, "--image-size", "224"], check=True, capture_output=True)
+        out = subprocess.run(["node", os.path.join(baseline_dir, "ort_run.js"), "time", model, "--size", "224",
+                              "--batch", "1,16", "--threads", "2", "--json", "--modules", modules],
+                             check=True, capture_output=True, text=True).stdout
+    ort = {}
+    for line in out.splitlines():
+        if line.strip().startswith("{"):
+            j = json.loads(line)
+            ort[int(j["batch"])] = j["images_per_s"]
+    _, ours = google_benchmark(binary, min_time, ["--benchmark_filter=tresnet_m_eval_fused_cl_fp32"])
+    rows = []
+    for batch in (1, 16):
+        t = ours.get(f"tresnet_m_eval_fused_cl_fp32/batch:{batch}")
+        if t is None or batch not in ort:
+            continue
+        mine = batch / t
+        rows.append(f"TResNet-M 224 fp32 batch {batch:2d}   asl fused {mine:6.1f} images/s   ONNX Runtime "
+                    f"(asl export) {ort[batch]:6.1f} images/s   {mine / ort[batch]:.2f}x")
+    return rows
+
+
+GROUPS = {"loss": loss_rows, "metrics": metrics_rows, "onnx": onnx_rows}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
     ap.add_argument("--min-time", type=float, default=0.3)
     ap.add_argument("--baseline-dir", default=os.path.join(HERE, "..", "..", "shared", "bench"))
+    ap.add_argument("--only", default=",".join(GROUPS), help="comma-separated groups: " + ", ".join(GROUPS))
     a = ap.parse_args()
     if not os.path.isdir(a.baseline_dir):
         sys.exit(f"baseline folder not found: {a.baseline_dir}")
@@ -85,8 +124,10 @@ def main():
         version = subprocess.run([asl, "--version"], check=True, capture_output=True, text=True).stdout
         for line in version.splitlines()[1:]:
             print(line, flush=True)
-    for rows in (loss_rows, metrics_rows):
-        for row in rows(a.build, a.baseline_dir, a.min_time):
+    for name in a.only.split(","):
+        if name not in GROUPS:
+            sys.exit(f"--only: unknown group {name!r} (known: {', '.join(GROUPS)})")
+        for row in GROUPS[name](a.build, a.baseline_dir, a.min_time):
             print(row, flush=True)
 
 
