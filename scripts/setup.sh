@@ -11,6 +11,7 @@ PACKAGES=(
   python3 python3-torch python3-numpy
   zlib1g-dev
   libonnx-dev libprotobuf-dev
+  libgloo-dev
   nodejs
   dataset-fashion-mnist
   chromium

@@ -199,6 +199,11 @@ struct Trainer::State {
   void message(const std::string& m) const {
     if (cb.on_message) cb.on_message(m);
   }
+  Communicator* comm() const { return o.communicator().get(); }
+  int64_t world() const { return comm() ? comm()->world_size() : 1; }
+  int64_t rank() const { return comm() ? comm()->rank() : 0; }
+  // Only rank 0 writes files.
+  bool writer() const { return rank() == 0; }
   models::TResNet ema_model() const { return models::TResNet(ema->module_as<models::TResNetImpl>()); }
   std::string path(const std::string& name) const { return (fs::path(o.out_dir()) / name).string(); }
 
@@ -233,6 +238,8 @@ struct Trainer::State {
     m.set(PyValue::str("amp"), PyValue::boolean(o.amp()));
     m.set(PyValue::str("augment"), PyValue::boolean(static_cast<bool>(o.augment())));
     m.set(PyValue::str("seed"), PyValue::integer(static_cast<int64_t>(o.seed())));
+    // Only with more than one rank, so that single-process last.pth files of earlier versions still match.
+    if (world() > 1) m.set(PyValue::str("world_size"), PyValue::integer(world()));
     return d;
   }
 
@@ -359,6 +366,7 @@ struct Trainer::State {
   // still on disk to continue from, and nothing already written is touched.
   template <typename Write>
   void guarded_write(Write&& write) const {
+    if (!writer()) return;
     try {
       write();
     } catch (const std::exception& e) {
@@ -444,8 +452,12 @@ struct Trainer::State {
     lo.filter = data::ResampleFilter::bilinear;
     lo.workers = o.workers();
     lo.decode.max_pixels = o.max_pixels();
-    data::BatchLoader loader(val.paths, val.targets, {}, lo);
-    const int64_t n = val.size(), c = val.num_classes();
+    // With several ranks, rank r scores the r-th contiguous slice and the slices are gathered in order.
+    const int64_t total = val.size();
+    const int64_t begin = total * rank() / world(), end = total * (rank() + 1) / world();
+    const std::vector<std::string> paths(val.paths.begin() + begin, val.paths.begin() + end);
+    data::BatchLoader loader(paths, val.targets.narrow(0, begin, end - begin), {}, lo);
+    const int64_t n = end - begin, c = val.num_classes();
     torch::Tensor regular = torch::empty({n, c}, torch::kFloat32);
     torch::Tensor averaged = torch::empty({n, c}, torch::kFloat32);
     models::TResNet e = ema_model();
@@ -463,6 +475,10 @@ struct Trainer::State {
       if (cb.on_validate) cb.on_validate(done, n);
     }
     model->train();
+    if (comm()) {
+      regular = comm()->allgather_rows(regular);
+      averaged = comm()->allgather_rows(averaged);
+    }
     const torch::Tensor targets = val.targets.to(torch::kFloat32);
     return {metrics::mean_average_precision(regular, targets), metrics::mean_average_precision(averaged, targets)};
   }
@@ -511,8 +527,10 @@ struct Trainer::State {
     info.step = step_in_epoch;
     info.steps_per_epoch = steps_per_epoch;
     info.global_step = global_step;
-    info.images = std::min(step_in_epoch * o.batch_size(), train.size());
-    info.epoch_images = train.size();
+    // Over all ranks: the epoch's (padded) order is world * shard images.
+    const int64_t epoch_total = world() * ((train.size() + world() - 1) / world());
+    info.images = std::min(step_in_epoch * o.batch_size() * world(), epoch_total);
+    info.epoch_images = epoch_total;
     info.loss = loss;
     info.lr = last_lr;
     return info;
@@ -522,12 +540,17 @@ struct Trainer::State {
   bool train_epoch() {
     const int64_t bs = o.batch_size();
     const std::vector<int64_t> order = epoch_order(o.seed(), epoch, train.size());
+    // This rank's share, as DistributedSampler: positions rank, rank + world, ... of the order padded (by
+    // repeating its start) to a multiple of the world size. One process: the whole order.
+    const int64_t w = world(), r = rank(), n = train.size();
+    const int64_t shard = (n + w - 1) / w;
     const int64_t start = step_in_epoch * bs;
     std::vector<std::string> paths;
     std::vector<int64_t> rows;
-    for (int64_t i = start; i < train.size(); ++i) {
-      paths.push_back(train.paths[static_cast<size_t>(order[static_cast<size_t>(i)])]);
-      rows.push_back(order[static_cast<size_t>(i)]);
+    for (int64_t i = start; i < shard; ++i) {
+      const int64_t position = (r + i * w) % n;
+      paths.push_back(train.paths[static_cast<size_t>(order[static_cast<size_t>(position)])]);
+      rows.push_back(order[static_cast<size_t>(position)]);
     }
     const torch::Tensor targets = train.targets.index_select(0, torch::tensor(rows, torch::kInt64)).to(torch::kFloat32);
     data::LoaderOptions lo;
@@ -540,18 +563,21 @@ struct Trainer::State {
       const AugmentFn augment = o.augment();
       const uint64_t seed = o.seed();
       const int64_t ep = epoch;
-      lo.transform = [augment, seed, ep, start](data::Image& image, int64_t index) {
-        augment(image, image_seed(seed, ep, start + index));
+      // Seeded by the image's position in the (padded) epoch order, whatever the number of ranks and workers.
+      lo.transform = [augment, seed, ep, start, w, r](data::Image& image, int64_t index) {
+        augment(image, image_seed(seed, ep, r + (start + index) * w));
       };
     }
     data::BatchLoader loader(paths, targets, {}, lo);
     model->train();
+    std::vector<torch::Tensor> norm_buffers;
+    for (const auto& buffer : model->buffers()) norm_buffers.push_back(buffer);
     if (cb.on_epoch_start) cb.on_epoch_start(step_info(0.0));
     for (;;) {
       const auto t0 = Clock::now();
       std::optional<data::Batch> batch = loader.next();
       if (!batch) break;
-      const int64_t b = batch->images.size(0);
+      int64_t b = batch->images.size(0);
       torch::Tensor logits;
       {
         asl::nn::BFloat16Autocast autocast(o.amp());
@@ -561,13 +587,31 @@ struct Trainer::State {
           nn::functional::asymmetric_loss_optimized(logits.to(torch::kFloat32), batch->targets, o.loss());
       optimizer->zero_grad();
       loss.backward();
+      if (comm()) {
+        std::vector<torch::Tensor> grads;
+        for (const auto& p : model->parameters()) {
+          if (p.grad().defined()) grads.push_back(p.grad());
+        }
+        comm()->allreduce_mean(grads);
+      }
       last_lr = static_cast<const torch::optim::AdamOptions&>(optimizer->param_groups()[0].options()).lr();
       optimizer->step();
+      // DDP's default, buffers as rank 0's at every forward: broadcast after each step, so that the EMA and
+      // the next forward see rank 0's running statistics on every rank.
+      if (comm()) comm()->broadcast(norm_buffers, 0);
       ++global_step;
       ++step_in_epoch;
       set_schedule_point();
       ema->update(*model);
-      const double loss_value = loss.item<double>();
+      double loss_value = loss.item<double>();
+      bool stop_here = (cb.stop_requested && cb.stop_requested());
+      if (comm()) {
+        // The step's loss and images over all ranks; a stop request on any rank stops every rank here.
+        const std::vector<double> sums = comm()->allreduce_sum({loss_value, static_cast<double>(b), stop_here ? 1.0 : 0.0});
+        loss_value = sums[0];
+        b = static_cast<int64_t>(sums[1]);
+        stop_here = sums[2] > 0;
+      }
       if (!std::isfinite(loss_value)) {
         throw std::runtime_error("training diverged: loss " + std::to_string(loss_value) + " at epoch " +
                                  std::to_string(epoch + 1) + ", step " + std::to_string(step_in_epoch));
@@ -576,7 +620,7 @@ struct Trainer::State {
       epoch_images += b;
       epoch_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
       if (cb.on_step) cb.on_step(step_info(loss_value / static_cast<double>(b)));
-      const bool stop = (cb.stop_requested && cb.stop_requested()) || (o.max_steps() >= 0 && global_step >= o.max_steps());
+      const bool stop = stop_here || (o.max_steps() >= 0 && global_step >= o.max_steps());
       if (stop && (step_in_epoch < steps_per_epoch || epoch + 1 < last_epoch)) {
         save_resume();
         write_reports();
@@ -626,7 +670,9 @@ Trainer::Trainer(LabeledImages train, LabeledImages val, TrainerOptions options,
   s.val = std::move(val);
   for (int64_t k = 0; k < s.train.num_classes(); ++k) s.idx_to_class[k] = s.train.class_names[static_cast<size_t>(k)];
 
-  s.steps_per_epoch = (s.train.size() + o.batch_size() - 1) / o.batch_size();
+  // Per rank: the epoch's order padded to a multiple of the world size, every world-th image.
+  const int64_t shard = (s.train.size() + s.world() - 1) / s.world();
+  s.steps_per_epoch = (shard + o.batch_size() - 1) / o.batch_size();
   s.total_steps = o.epochs() * s.steps_per_epoch;
   s.last_epoch = (o.stop_epoch() == 0 || o.stop_epoch() > o.epochs()) ? o.epochs() : o.stop_epoch();
   OneCycleOptions so;
@@ -692,6 +738,13 @@ Trainer::Trainer(LabeledImages train, LabeledImages val, TrainerOptions options,
     list("shape-mismatched (kept initialised)", report.mismatched);
     s.message(note);
   }
+  if (Communicator* comm = s.comm()) {
+    // Every rank must train the same model on the same data with the same recipe; then all start from rank 0's weights.
+    comm->check_same("the training setup (model, classes, image size, dataset sizes, batch, recipe)", s.recipe().repr(1 << 20));
+    std::vector<torch::Tensor> state;
+    for (const auto& item : io::module_state_dict(*s.model)) state.push_back(item.value());
+    comm->broadcast(state, 0);
+  }
   s.ema = std::make_unique<ModelEma>(*s.model, o.ema_decay());
   AdamConfig ac;
   ac.lr = o.lr();
@@ -712,7 +765,8 @@ TrainResult Trainer::run() {
   State& s = *s_;
   fs::create_directories(s.o.out_dir());
   // Temporary files of a run that was killed mid-write (io/file.h) are removed before this one writes.
-  const std::vector<std::string> stale = io::remove_stale_temp_files(s.o.out_dir());
+  const std::vector<std::string> stale =
+      s.writer() ? io::remove_stale_temp_files(s.o.out_dir()) : std::vector<std::string>{};
   if (!stale.empty()) {
     std::string names;
     for (const auto& n : stale) names += (names.empty() ? "" : ", ") + n;

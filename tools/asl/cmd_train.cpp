@@ -1,6 +1,16 @@
 // `asl train`: the reference's train.py — ASL training with Adam, one-cycle, EMA; resumable, Ctrl-C safe.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
+#include <fstream>
+#include <thread>
 #include <iomanip>
 #include <iostream>
 #include <memory>
@@ -53,6 +63,8 @@ struct TrainParams {
   bool epoch_checkpoints = true;
   int64_t max_steps = -1;
   int64_t max_pixels = data::kDefaultMaxPixels;
+  int nproc_per_node = 1;
+  double dist_timeout = 60;
 };
 
 // Set by SIGINT/SIGTERM: the trainer finishes its step, writes last.pth and returns. A second
@@ -94,8 +106,140 @@ std::string lr_string(double lr) {
   return s.str();
 }
 
+// ---- asl's own launcher: --nproc-per-node N workers of this command on this machine -------------------
+
+std::atomic<pid_t> g_workers[256];
+std::atomic<int> g_worker_count{0};
+
+extern "C" void forward_signal(int sig) {
+  for (int i = 0; i < g_worker_count.load(); ++i) {
+    const pid_t pid = g_workers[i].load();
+    if (pid > 0) ::kill(pid, sig);
+  }
+}
+
+// A TCP port on the loopback interface that nothing listens on now.
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw std::runtime_error(std::string("--nproc-per-node: socket: ") + std::strerror(errno));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  socklen_t len = sizeof(a);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(fd);
+    throw std::runtime_error(std::string("--nproc-per-node: no free port: ") + std::strerror(errno));
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+// This process's arguments without --nproc-per-node (so that the workers do not launch again).
+std::vector<std::string> worker_arguments() {
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  std::vector<std::string> args;
+  std::string a;
+  while (std::getline(in, a, '\0')) args.push_back(a);
+  std::vector<std::string> out;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& x = args[i];
+    if (x == "--nproc-per-node" || x == "--nproc_per_node") {
+      ++i;
+      continue;
+    }
+    if (x.rfind("--nproc-per-node=", 0) == 0 || x.rfind("--nproc_per_node=", 0) == 0) continue;
+    out.push_back(x);
+  }
+  return out;
+}
+
+int launch_workers(int n) {
+  if (n > 256) throw std::runtime_error("--nproc-per-node: at most 256 workers, got " + std::to_string(n));
+  const std::vector<std::string> args = worker_arguments();
+  const int port = free_port();
+  std::cerr << "asl train: starting " << n << " workers on this machine (store 127.0.0.1:" << port << ")\n";
+  g_worker_count.store(0);
+  for (int r = 0; r < n; ++r) {
+    const pid_t pid = ::fork();
+    if (pid < 0) throw std::runtime_error(std::string("--nproc-per-node: fork: ") + std::strerror(errno));
+    if (pid == 0) {
+      // Own process group: a Ctrl-C at the terminal reaches the launcher, which forwards it once.
+      ::setpgid(0, 0);
+      ::setenv("RANK", std::to_string(r).c_str(), 1);
+      ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
+      ::setenv("WORLD_SIZE", std::to_string(n).c_str(), 1);
+      ::setenv("LOCAL_WORLD_SIZE", std::to_string(n).c_str(), 1);
+      ::setenv("MASTER_ADDR", "127.0.0.1", 1);
+      ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      ::setenv("ASL_LAUNCHER", "1", 1);
+      std::vector<char*> argv;
+      for (const auto& x : args) argv.push_back(const_cast<char*>(x.c_str()));
+      argv.push_back(nullptr);
+      ::execv("/proc/self/exe", argv.data());
+      std::fprintf(stderr, "asl train: cannot start worker %d: %s\n", r, std::strerror(errno));
+      ::_exit(127);
+    }
+    g_workers[r].store(pid);
+    g_worker_count.store(r + 1);
+  }
+  std::signal(SIGINT, forward_signal);
+  std::signal(SIGTERM, forward_signal);
+  int result = 0, alive = n;
+  bool stopping = false;
+  while (alive > 0) {
+    int status = 0;
+    const pid_t pid = ::waitpid(-1, &status, 0);
+    if (pid < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    int rank = -1;
+    for (int i = 0; i < n; ++i) {
+      if (g_workers[i].load() == pid) {
+        rank = i;
+        g_workers[i].store(0);
+      }
+    }
+    if (rank < 0) continue;
+    --alive;
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (code != 0 && result == 0) {
+      result = code;
+      if (alive > 0 && !stopping) {
+        std::cerr << "asl train: worker rank " << rank << " "
+                  << (WIFEXITED(status) ? "exited with code " + std::to_string(code)
+                                        : "was killed by signal " + std::to_string(WTERMSIG(status)))
+                  << "; stopping the other workers\n";
+        stopping = true;
+        forward_signal(SIGTERM);
+      }
+    }
+  }
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+  return result;
+}
+
 int run_train(const TrainParams& p) {
-  set_threads(p.threads);
+  const c10::optional<train::DistributedConfig> dist = train::distributed_from_env();
+  if (p.nproc_per_node > 1) {
+    if (dist) throw std::runtime_error("--nproc-per-node: this process is already a worker of a launched group");
+    return launch_workers(p.nproc_per_node);
+  }
+  if (!(p.dist_timeout > 0)) throw std::runtime_error("--dist-timeout must be positive, got " + std::to_string(p.dist_timeout));
+  std::shared_ptr<train::Communicator> comm;
+  if (dist) {
+    train::DistributedConfig c = *dist;
+    c.timeout = std::chrono::milliseconds(static_cast<int64_t>(p.dist_timeout * 1000));
+    comm = std::make_shared<train::Communicator>(c);
+  }
+  const bool lead = !comm || comm->rank() == 0;
+  // Compute threads: the cores shared by this machine's workers, unless --threads says otherwise.
+  const int local = dist ? static_cast<int>(dist->local_world_size) : 1;
+  set_threads(p.threads > 0 ? p.threads
+                            : std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) / local));
   // bf16 is the forward under bfloat16 autocast (the recipe's mixed precision); the loss stays float32.
   const bool amp = announce_precision("train", p.precision).bf16;
   train::LabeledImages train_set =
@@ -128,7 +272,8 @@ int run_train(const TrainParams& p) {
       .deterministic(p.deterministic)
       .max_steps(p.max_steps)
       .epoch_checkpoints(p.epoch_checkpoints)
-      .max_pixels(p.max_pixels);
+      .max_pixels(p.max_pixels)
+      .communicator(comm);
   o.loss(nn::AsymmetricLossOptions()
              .gamma_neg(p.gamma_neg)
              .gamma_pos(p.gamma_pos)
@@ -181,9 +326,20 @@ int run_train(const TrainParams& p) {
     std::cout << s.str() << std::flush;
   };
   cb.stop_requested = [] { return g_signal.load() != 0; };
+  if (!lead) {  // one log, one progress bar: rank 0's
+    train::TrainCallbacks quiet;
+    quiet.stop_requested = cb.stop_requested;
+    cb = quiet;
+  }
 
   train::Trainer trainer(std::move(train_set), std::move(val_set), o, cb);
-  std::cerr << "asl train: " << (p.model_path.empty() ? "" : "fine-tuning ") << trainer.architecture()
+  if (comm && lead) {
+    std::cerr << "asl train: data-parallel, " << comm->world_size() << " ranks (" << dist->source << ", store "
+              << dist->master_addr << ":" << dist->master_port << "); --batch-size " << p.batch_size
+              << " per rank, global batch " << p.batch_size * comm->world_size()
+              << "; the learning rate is used as given\n";
+  }
+  if (lead) std::cerr << "asl train: " << (p.model_path.empty() ? "" : "fine-tuning ") << trainer.architecture()
             << (trainer.model()->options.plain_norms() ? " (plain batch norms)" : "") << ", checkpoints in "
             << models::to_string(trainer.save_layout()) << " layout, " << trainer.steps_per_epoch() << " steps per epoch, " << total_epochs << " of " << p.epochs
             << " epochs; outputs in " << p.out << "\n";
@@ -194,6 +350,7 @@ int run_train(const TrainParams& p) {
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
   if (progress) progress->finish();
+  if (!lead) return r.interrupted ? (g_signal.load() == SIGINT ? 130 : g_signal.load() == SIGTERM ? 143 : 0) : 0;
   if (r.interrupted) {
     std::cout << "stopped at step " << r.global_step << " (epoch " << r.epochs_done + 1 << "); resume state in "
               << r.resume_path << " (continue with --resume)\n";
@@ -271,6 +428,12 @@ void register_train(CLI::App& app, Runner& run) {
                 "also write model-epoch-<N>.pth after every epoch")
       ->capture_default_str();
   cmd->add_option("--max-pixels", p->max_pixels, "refuse images larger than this many pixels")->capture_default_str();
+  cmd->add_option("--nproc-per-node,--nproc_per_node", p->nproc_per_node,
+                  "data-parallel on this machine: start N workers of this command (c10d, Gloo) and wait for them")
+      ->capture_default_str();
+  cmd->add_option("--dist-timeout,--dist_timeout", p->dist_timeout,
+                  "data-parallel: seconds a worker waits for the group (joining, every collective) before it fails")
+      ->capture_default_str();
   cmd->callback([p, &run] { run = [p] { return run_train(*p); }; });
 }
 

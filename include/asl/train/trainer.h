@@ -17,6 +17,7 @@
 #include "asl/models/tresnet.h"
 #include "asl/models/weights.h"
 #include "asl/nn/loss.h"
+#include "asl/train/distributed.h"
 
 namespace asl::train {
 
@@ -104,6 +105,12 @@ struct TrainerOptions {
   TORCH_ARG(bool, epoch_checkpoints) = true;
   /// Refuse images larger than this many pixels.
   TORCH_ARG(int64_t, max_pixels) = data::kDefaultMaxPixels;
+  /// Data-parallel training: this process is one rank of the communicator's group. batch_size is per
+  /// rank (the global batch is world_size times it); each epoch's order is sharded as PyTorch's
+  /// DistributedSampler does; gradients are averaged over the ranks; parameters and buffers start as
+  /// rank 0's, norm buffers follow rank 0's before every forward (DDP's default); validation is sharded
+  /// and gathered; only rank 0 writes files. Every rank must be given the same options and data.
+  TORCH_ARG(std::shared_ptr<Communicator>, communicator) = nullptr;
 };
 
 /// One finished training step.

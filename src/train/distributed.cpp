@@ -1,0 +1,257 @@
+#include "asl/train/distributed.h"
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <cerrno>
+#include <cstdlib>
+#include <sstream>
+#include <stdexcept>
+
+#include <torch/torch.h>
+
+namespace asl::train {
+
+namespace {
+
+const char* env(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? v : nullptr;
+}
+
+int64_t env_int(const char* name, c10::optional<int64_t> fallback, int64_t min_value) {
+  const char* v = env(name);
+  if (v == nullptr) {
+    if (!fallback) throw std::runtime_error(std::string("distributed training: environment variable ") + name + " is not set");
+    return *fallback;
+  }
+  // SLURM_NTASKS_PER_NODE may read "2(x3)": the leading count.
+  char* end = nullptr;
+  errno = 0;
+  const long long x = std::strtoll(v, &end, 10);
+  if (end == v || errno != 0 || (*end != '\0' && *end != '(') || x < min_value) {
+    throw std::runtime_error(std::string("distributed training: environment variable ") + name + " is '" + v +
+                             "', expected an integer >= " + std::to_string(min_value));
+  }
+  return x;
+}
+
+std::string rank_text(const DistributedConfig& c) {
+  return "rank " + std::to_string(c.rank) + " of " + std::to_string(c.world_size);
+}
+
+}  // namespace
+
+std::string first_slurm_host(const std::string& nodelist) {
+  // The first entry up to a top-level comma; a bracket range gives its first number with its zero padding.
+  std::string first;
+  int depth = 0;
+  for (char ch : nodelist) {
+    if (ch == '[') ++depth;
+    if (ch == ']') --depth;
+    if (ch == ',' && depth == 0) break;
+    first += ch;
+  }
+  const size_t open = first.find('[');
+  if (open == std::string::npos) return first;
+  std::string inside = first.substr(open + 1, first.find(']', open) - open - 1);
+  const size_t cut = inside.find_first_of(",-");
+  return first.substr(0, open) + inside.substr(0, cut);
+}
+
+c10::optional<DistributedConfig> distributed_from_env() {
+  DistributedConfig c;
+  if (env("WORLD_SIZE") != nullptr) {
+    c.world_size = env_int("WORLD_SIZE", c10::nullopt, 1);
+    if (c.world_size == 1) return c10::nullopt;
+    c.rank = env_int("RANK", c10::nullopt, 0);
+    c.local_rank = env_int("LOCAL_RANK", c.rank, 0);
+    c.local_world_size = env_int("LOCAL_WORLD_SIZE", c.world_size, 1);
+    c.master_addr = env("MASTER_ADDR") != nullptr ? env("MASTER_ADDR") : "127.0.0.1";
+    c.master_port = static_cast<int>(env_int("MASTER_PORT", c10::nullopt, 1));
+    const char* agent = env("TORCHELASTIC_USE_AGENT_STORE");
+    c.agent_store = agent != nullptr && (std::string(agent) == "True" || std::string(agent) == "1");
+    if (c.agent_store) {
+      c.store_prefix = "/worker/attempt_" + std::to_string(env_int("TORCHELASTIC_RESTART_COUNT", int64_t{0}, 0));
+    }
+    c.source = env("TORCHELASTIC_RUN_ID") != nullptr ? "torchrun" : env("ASL_LAUNCHER") != nullptr ? "asl --nproc-per-node" : "environment";
+  } else if (env("SLURM_NTASKS") != nullptr) {
+    c.world_size = env_int("SLURM_NTASKS", c10::nullopt, 1);
+    if (c.world_size == 1) return c10::nullopt;
+    c.rank = env_int("SLURM_PROCID", c10::nullopt, 0);
+    c.local_rank = env_int("SLURM_LOCALID", int64_t{0}, 0);
+    c.local_world_size = env_int("SLURM_NTASKS_PER_NODE", int64_t{1}, 1);
+    if (env("MASTER_ADDR") != nullptr) {
+      c.master_addr = env("MASTER_ADDR");
+    } else if (env("SLURM_JOB_NODELIST") != nullptr) {
+      c.master_addr = first_slurm_host(env("SLURM_JOB_NODELIST"));
+    } else {
+      throw std::runtime_error("distributed training under SLURM: neither MASTER_ADDR nor SLURM_JOB_NODELIST is set");
+    }
+    c.master_port = static_cast<int>(env_int("MASTER_PORT", int64_t{29500}, 1));
+    c.source = "SLURM";
+  } else {
+    return c10::nullopt;
+  }
+  if (c.rank >= c.world_size) {
+    throw std::runtime_error("distributed training: rank " + std::to_string(c.rank) + " is not below the world size " +
+                             std::to_string(c.world_size));
+  }
+  if (c.local_rank >= c.local_world_size) {
+    throw std::runtime_error("distributed training: local rank " + std::to_string(c.local_rank) +
+                             " is not below the local world size " + std::to_string(c.local_world_size));
+  }
+  if (c.master_port > 65535) throw std::runtime_error("distributed training: MASTER_PORT " + std::to_string(c.master_port) + " is not a port");
+  return c;
+}
+
+struct Communicator::Impl {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+
+  // Waits for a collective; a failure (a peer died, the timeout passed) becomes one clear error.
+  void wait(const c10::intrusive_ptr<c10d::Work>& work, const DistributedConfig& c, const char* what) {
+    try {
+      work->wait();
+    } catch (const std::exception& e) {
+      std::string msg = e.what();
+      const size_t cut = msg.find("\nException raised from");
+      if (cut != std::string::npos) msg.resize(cut);
+      throw std::runtime_error(rank_text(c) + ": the " + what +
+                               " across the group failed, so another rank stopped or is unreachable (bound: " +
+                               std::to_string(c.timeout.count() / 1000) + " s, --dist-timeout): " + msg);
+    }
+  }
+};
+
+Communicator::Communicator(const DistributedConfig& config) : config_(config), impl_(std::make_unique<Impl>()) {
+  const auto& c = config_;
+  try {
+    c10d::TCPStoreOptions so;
+    so.port = static_cast<uint16_t>(c.master_port);
+    so.isServer = !c.agent_store && c.rank == 0;
+    if (!c.agent_store) so.numWorkers = static_cast<size_t>(c.world_size);
+    so.waitWorkers = false;
+    so.timeout = c.timeout;
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(c.master_addr, so);
+    impl_->store = c10::make_intrusive<c10d::PrefixStore>(c.store_prefix, tcp);
+    auto options = c10d::ProcessGroupGloo::Options::create(c.timeout);
+    // As PyTorch: GLOO_SOCKET_IFNAME names the interface(s), else the address this host's name resolves to.
+    if (const char* ifname = env("GLOO_SOCKET_IFNAME")) {
+      std::stringstream list(ifname);
+      std::string one;
+      while (std::getline(list, one, ',')) {
+        if (!one.empty()) options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(one));
+      }
+    } else {
+      options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    }
+    impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, static_cast<int>(c.rank),
+                                                                static_cast<int>(c.world_size), options);
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    const size_t cut = msg.find("\nException raised from");
+    if (cut != std::string::npos) msg.resize(cut);
+    throw std::runtime_error(rank_text(c) + ": cannot join the process group at " + c.master_addr + ":" +
+                             std::to_string(c.master_port) + " within " + std::to_string(c.timeout.count() / 1000) +
+                             " s: " + msg);
+  }
+}
+
+Communicator::~Communicator() = default;
+
+void Communicator::broadcast(const std::vector<torch::Tensor>& tensors, int64_t root) {
+  torch::NoGradGuard no_grad;
+  for (const auto& t : tensors) {
+    std::vector<at::Tensor> one{t.is_contiguous() ? t : t.contiguous()};
+    c10d::BroadcastOptions o;
+    o.rootRank = root;
+    impl_->wait(impl_->group->broadcast(one, o), config_, "broadcast");
+    if (!one[0].is_same(t)) t.copy_(one[0]);
+  }
+}
+
+void Communicator::allreduce_mean(const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes) {
+  torch::NoGradGuard no_grad;
+  const double scale = 1.0 / static_cast<double>(config_.world_size);
+  size_t i = 0;
+  while (i < tensors.size()) {
+    // One bucket: consecutive tensors up to bucket_bytes (at least one).
+    size_t j = i;
+    int64_t bytes = 0;
+    std::vector<torch::Tensor> flat;
+    while (j < tensors.size() && (j == i || bytes + tensors[j].numel() * 4 <= bucket_bytes)) {
+      bytes += tensors[j].numel() * 4;
+      flat.push_back(tensors[j].reshape({-1}).to(torch::kFloat32));
+      ++j;
+    }
+    std::vector<at::Tensor> buffer{torch::cat(flat)};
+    impl_->wait(impl_->group->allreduce(buffer), config_, "all-reduce of gradients");
+    buffer[0].mul_(scale);
+    int64_t offset = 0;
+    for (size_t k = i; k < j; ++k) {
+      const int64_t n = tensors[k].numel();
+      tensors[k].copy_(buffer[0].narrow(0, offset, n).view(tensors[k].sizes()));
+      offset += n;
+    }
+    i = j;
+  }
+}
+
+std::vector<double> Communicator::allreduce_sum(const std::vector<double>& values) {
+  std::vector<at::Tensor> t{torch::tensor(values, torch::kFloat64)};
+  impl_->wait(impl_->group->allreduce(t), config_, "all-reduce");
+  const auto acc = t[0].accessor<double, 1>();
+  std::vector<double> out(values.size());
+  for (size_t k = 0; k < values.size(); ++k) out[k] = acc[static_cast<int64_t>(k)];
+  return out;
+}
+
+torch::Tensor Communicator::allgather_rows(const torch::Tensor& local) {
+  const int64_t w = config_.world_size;
+  // Row counts first, then every block padded to the largest.
+  std::vector<std::vector<at::Tensor>> counts_out(1);
+  for (int64_t r = 0; r < w; ++r) counts_out[0].push_back(torch::zeros({1}, torch::kLong));
+  std::vector<at::Tensor> count_in{torch::full({1}, local.size(0), torch::kLong)};
+  impl_->wait(impl_->group->allgather(counts_out, count_in), config_, "gathering of validation scores");
+  int64_t most = 0;
+  std::vector<int64_t> rows;
+  for (const auto& t : counts_out[0]) {
+    rows.push_back(t.item<int64_t>());
+    most = std::max(most, rows.back());
+  }
+  std::vector<int64_t> shape = local.sizes().vec();
+  shape[0] = most;
+  torch::Tensor padded = torch::zeros(shape, local.options());
+  padded.narrow(0, 0, local.size(0)).copy_(local);
+  std::vector<std::vector<at::Tensor>> out(1);
+  for (int64_t r = 0; r < w; ++r) out[0].push_back(torch::empty(shape, local.options()));
+  std::vector<at::Tensor> in{padded};
+  impl_->wait(impl_->group->allgather(out, in), config_, "gathering of validation scores");
+  std::vector<torch::Tensor> parts;
+  for (int64_t r = 0; r < w; ++r) parts.push_back(out[0][static_cast<size_t>(r)].narrow(0, 0, rows[static_cast<size_t>(r)]));
+  return torch::cat(parts);
+}
+
+void Communicator::check_same(const std::string& what, const std::string& value) {
+  const std::string key = "check/" + what + "/";
+  impl_->store->set(key + std::to_string(config_.rank), std::vector<uint8_t>(value.begin(), value.end()));
+  barrier();
+  std::string differ;
+  for (int64_t r = 0; r < config_.world_size; ++r) {
+    const std::vector<uint8_t> v = impl_->store->get(key + std::to_string(r));
+    const std::string other(v.begin(), v.end());
+    if (other != value) differ += "; rank " + std::to_string(r) + ": " + other;
+  }
+  if (!differ.empty()) {
+    throw std::runtime_error(rank_text(config_) + ": the ranks disagree on " + what + " (this rank: " + value + differ +
+                             ")");
+  }
+}
+
+void Communicator::barrier() {
+  impl_->wait(impl_->group->barrier(), config_, "barrier");
+}
+
+}  // namespace asl::train

@@ -1,0 +1,260 @@
+// Data-parallel training on c10d/Gloo: the environment of torchrun and SLURM, two ranks on loopback (the
+// collectives, bit-identical parameters after training, rank 0's files, the validation mAP of the
+// gathered scores), a rank that dies, and `asl train --nproc-per-node 2`.
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "asl/io/checkpoint.h"
+#include "asl/io/file.h"
+#include "asl/train/distributed.h"
+#include "test_util.h"
+
+extern char** environ;
+namespace fs = std::filesystem;
+
+namespace {
+
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+using Vars = std::vector<std::pair<const char*, const char*>>;
+
+// Sets environment variables for the scope and restores what was there.
+class ScopedEnv {
+ public:
+  explicit ScopedEnv(const std::vector<std::pair<const char*, const char*>>& vars) {
+    for (const auto& [k, v] : vars) {
+      const char* old = std::getenv(k);
+      saved_.emplace_back(k, old ? c10::optional<std::string>(old) : c10::nullopt);
+      if (v) ::setenv(k, v, 1); else ::unsetenv(k);
+    }
+  }
+  ~ScopedEnv() {
+    for (const auto& [k, v] : saved_) {
+      if (v) ::setenv(k.c_str(), v->c_str(), 1); else ::unsetenv(k.c_str());
+    }
+  }
+
+ private:
+  std::vector<std::pair<std::string, c10::optional<std::string>>> saved_;
+};
+
+const std::vector<std::pair<const char*, const char*>> kClear = {
+    {"WORLD_SIZE", nullptr}, {"RANK", nullptr}, {"LOCAL_RANK", nullptr}, {"LOCAL_WORLD_SIZE", nullptr},
+    {"MASTER_ADDR", nullptr}, {"MASTER_PORT", nullptr}, {"SLURM_NTASKS", nullptr}, {"SLURM_PROCID", nullptr},
+    {"SLURM_LOCALID", nullptr}, {"SLURM_NTASKS_PER_NODE", nullptr}, {"SLURM_JOB_NODELIST", nullptr},
+    {"TORCHELASTIC_USE_AGENT_STORE", nullptr}, {"TORCHELASTIC_RESTART_COUNT", nullptr}};
+
+struct Proc {
+  pid_t pid = -1;
+  int code = -1;
+  std::string log;
+};
+
+// Starts `argv` with extra environment variables, stdout+stderr to `log`.
+pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env, const fs::path& log) {
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+  for (const auto& e : extra_env) env.push_back(e);
+  std::vector<char*> a, v;
+  for (const auto& x : argv) a.push_back(const_cast<char*>(x.c_str()));
+  a.push_back(nullptr);
+  for (const auto& x : env) v.push_back(const_cast<char*>(x.c_str()));
+  v.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, a[0], &fa, nullptr, a.data(), v.data());
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) throw std::runtime_error("posix_spawn " + argv[0] + " failed");
+  return pid;
+}
+
+// Waits for all; kills what is still running after `limit` (a hang is a failure, never a stuck test).
+void wait_all(std::vector<Proc>& procs, std::chrono::seconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  for (auto& p : procs) {
+    for (;;) {
+      int status = 0;
+      const pid_t got = ::waitpid(p.pid, &status, WNOHANG);
+      if (got == p.pid) {
+        p.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        break;
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        ::kill(p.pid, SIGKILL);
+        ::waitpid(p.pid, &status, 0);
+        p.code = -9;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+}
+
+std::string binary_dir() {
+  const char* d = std::getenv("ASL_BINARY_DIR");
+  if (d == nullptr) throw std::runtime_error("ASL_BINARY_DIR is not set (run through ctest)");
+  return d;
+}
+
+std::vector<Proc> run_workers(const fs::path& dir, const std::vector<std::string>& extra_args) {
+  const int port = free_port();
+  std::vector<Proc> procs(2);
+  for (int r = 0; r < 2; ++r) {
+    std::vector<std::string> argv{binary_dir() + "/tests/dist_worker", (dir / "state").string(), (dir / "run").string()};
+    argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+    const fs::path log = dir / ("rank" + std::to_string(r) + ".log");
+    procs[static_cast<size_t>(r)].pid =
+        spawn(argv, {"RANK=" + std::to_string(r), "LOCAL_RANK=" + std::to_string(r), "WORLD_SIZE=2", "LOCAL_WORLD_SIZE=2",
+                     "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(port)},
+              log);
+  }
+  wait_all(procs, std::chrono::seconds(240));
+  for (int r = 0; r < 2; ++r) procs[static_cast<size_t>(r)].log = asl::io::read_file((dir / ("rank" + std::to_string(r) + ".log")).string());
+  return procs;
+}
+
+}  // namespace
+
+TEST(DistributedEnv, TorchrunAndSlurmVariables) {
+  {
+    ScopedEnv clear(kClear);
+    EXPECT_FALSE(asl::train::distributed_from_env().has_value());
+    ScopedEnv one(Vars{{"WORLD_SIZE", "1"}, {"RANK", "0"}});
+    EXPECT_FALSE(asl::train::distributed_from_env().has_value());
+  }
+  {
+    ScopedEnv clear(kClear);
+    ScopedEnv tr(Vars{{"WORLD_SIZE", "4"}, {"RANK", "3"}, {"LOCAL_RANK", "1"}, {"LOCAL_WORLD_SIZE", "2"},
+                  {"MASTER_ADDR", "10.0.0.5"}, {"MASTER_PORT", "29400"}, {"TORCHELASTIC_USE_AGENT_STORE", "True"},
+                  {"TORCHELASTIC_RESTART_COUNT", "1"}});
+    const auto c = asl::train::distributed_from_env();
+    ASSERT_TRUE(c.has_value());
+    EXPECT_EQ(c->rank, 3);
+    EXPECT_EQ(c->world_size, 4);
+    EXPECT_EQ(c->local_rank, 1);
+    EXPECT_EQ(c->local_world_size, 2);
+    EXPECT_EQ(c->master_addr, "10.0.0.5");
+    EXPECT_EQ(c->master_port, 29400);
+    EXPECT_TRUE(c->agent_store);
+    EXPECT_EQ(c->store_prefix, "/worker/attempt_1");
+  }
+  {
+    ScopedEnv clear(kClear);
+    ScopedEnv slurm(Vars{{"SLURM_NTASKS", "8"}, {"SLURM_PROCID", "5"}, {"SLURM_LOCALID", "1"},
+                     {"SLURM_NTASKS_PER_NODE", "4(x2)"}, {"SLURM_JOB_NODELIST", "gpu[07-08],cpu1"}});
+    const auto c = asl::train::distributed_from_env();
+    ASSERT_TRUE(c.has_value());
+    EXPECT_EQ(c->rank, 5);
+    EXPECT_EQ(c->world_size, 8);
+    EXPECT_EQ(c->local_world_size, 4);
+    EXPECT_EQ(c->master_addr, "gpu07");
+    EXPECT_EQ(c->master_port, 29500);
+  }
+  EXPECT_EQ(asl::train::first_slurm_host("node1,node2"), "node1");
+  EXPECT_EQ(asl::train::first_slurm_host("n[003,005-009]"), "n003");
+  {
+    ScopedEnv clear(kClear);
+    ScopedEnv bad(Vars{{"WORLD_SIZE", "2"}, {"RANK", "two"}, {"MASTER_PORT", "1"}});
+    const std::string e = asl::test::error_of([] { asl::train::distributed_from_env(); });
+    EXPECT_NE(e.find("RANK is 'two'"), std::string::npos) << e;
+    ScopedEnv high(Vars{{"RANK", "2"}});
+    EXPECT_NE(asl::test::error_of([] { asl::train::distributed_from_env(); }).find("not below the world size"),
+              std::string::npos);
+  }
+}
+
+TEST(DistributedTraining, TwoRanksStayIdenticalAndRankZeroWrites) {
+  asl::test::TempDir dir("asl_dist");
+  std::vector<Proc> procs = run_workers(dir.path(), {});
+  for (const auto& p : procs) ASSERT_EQ(p.code, 0) << p.log;
+  // 3 images over 2 ranks, batch 1 per rank: 2 steps per epoch, 2 epochs.
+  EXPECT_NE(procs[0].log.find("steps 4"), std::string::npos) << procs[0].log;
+  const auto a = asl::io::state_dict_from_value(asl::io::load((dir.path() / "state.0.pth").string()));
+  const auto b = asl::io::state_dict_from_value(asl::io::load((dir.path() / "state.1.pth").string()));
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& item : a) {
+    ASSERT_TRUE(b.contains(item.key()));
+    EXPECT_TRUE(item.value().equal(b[item.key()])) << item.key() << " differs between the ranks";
+  }
+  // Rank 0's files, each written once; the mAP of the gathered scores is a single-process validation's.
+  const fs::path run = dir.path() / "run";
+  EXPECT_TRUE(fs::exists(run / "last.pth"));
+  EXPECT_TRUE(fs::exists(run / "model-epoch-2.pth"));
+  std::ifstream metrics(run / "metrics.jsonl");
+  std::string line, last;
+  int records = 0;
+  while (std::getline(metrics, line)) {
+    last = line;
+    ++records;
+  }
+  EXPECT_EQ(records, 2);
+  const double distributed_map = nlohmann::json::parse(last).at("mAP_regular").get<double>();
+  const std::string fx = asl::test::fixtures_dir().string();
+  const fs::path out = dir.path() / "validate.json";
+  const std::string cmd = binary_dir() + "/asl validate --annotations " + fx + "/coco/annotations.json --images " + fx +
+                          "/coco --model-path " + (run / "model-epoch-2.pth").string() +
+                          " --image-size 64 --no-fuse --json >" + out.string() + " 2>/dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  EXPECT_NEAR(nlohmann::json::parse(asl::io::read_file(out.string())).at("mAP").get<double>(), distributed_map, 1e-6);
+}
+
+TEST(DistributedTraining, ARankThatDiesStopsTheOthersWithinTheTimeout) {
+  asl::test::TempDir dir("asl_dist");
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<Proc> procs = run_workers(dir.path(), {"die-after-step", "1"});
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(procs[1].code, 3);
+  EXPECT_EQ(procs[0].code, 1) << procs[0].log;
+  EXPECT_NE(procs[0].log.find("another rank stopped or is unreachable"), std::string::npos) << procs[0].log;
+  EXPECT_LT(seconds, 120);
+  // No checkpoint was written half-way.
+  for (const auto& entry : fs::directory_iterator(dir.path() / "run")) {
+    EXPECT_EQ(entry.path().filename().string().find(".asl-tmp"), std::string::npos) << entry.path();
+  }
+}
+
+TEST(DistributedTraining, AslTrainLaunchesItsOwnWorkers) {
+  asl::test::TempDir dir("asl_dist");
+  const std::string fx = asl::test::fixtures_dir().string();
+  const std::string data = " --annotations " + fx + "/coco/annotations.json --images " + fx + "/coco --val-annotations " +
+                           fx + "/coco/annotations.json --val-images " + fx + "/coco";
+  const fs::path log = dir.path() / "log";
+  const std::string cmd = binary_dir() + "/asl train --nproc-per-node 2" + data +
+                          " --layers 1,1,1,1 --width-factor 0.25 --image-size 32 --batch-size 1 --epochs 1 --workers 1"
+                          " --precision fp32 --dist-timeout 20 --out " + (dir.path() / "run").string() + " >" +
+                          log.string() + " 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << asl::io::read_file(log.string());
+  const std::string text = asl::io::read_file(log.string());
+  EXPECT_NE(text.find("data-parallel, 2 ranks"), std::string::npos) << text;
+  EXPECT_NE(text.find("global batch 2"), std::string::npos) << text;
+  EXPECT_TRUE(fs::exists(dir.path() / "run" / "model-highest.pth"));
+}
