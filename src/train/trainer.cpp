@@ -604,13 +604,10 @@ struct Trainer::State {
       set_schedule_point();
       ema->update(*model);
       double loss_value = loss.item<double>();
-      bool stop_here = (cb.stop_requested && cb.stop_requested());
-      if (comm()) {
-        // The step's loss and images over all ranks; a stop request on any rank stops every rank here.
-        const std::vector<double> sums = comm()->allreduce_sum({loss_value, static_cast<double>(b), stop_here ? 1.0 : 0.0});
+      if (comm()) {  // the step's loss and images over all ranks
+        const std::vector<double> sums = comm()->allreduce_sum({loss_value, static_cast<double>(b)});
         loss_value = sums[0];
         b = static_cast<int64_t>(sums[1]);
-        stop_here = sums[2] > 0;
       }
       if (!std::isfinite(loss_value)) {
         throw std::runtime_error("training diverged: loss " + std::to_string(loss_value) + " at epoch " +
@@ -620,6 +617,9 @@ struct Trainer::State {
       epoch_images += b;
       epoch_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
       if (cb.on_step) cb.on_step(step_info(loss_value / static_cast<double>(b)));
+      bool stop_here = cb.stop_requested && cb.stop_requested();
+      // A stop request on any rank stops every rank after this same step.
+      if (comm()) stop_here = comm()->allreduce_sum({stop_here ? 1.0 : 0.0})[0] > 0;
       const bool stop = stop_here || (o.max_steps() >= 0 && global_step >= o.max_steps());
       if (stop && (step_in_epoch < steps_per_epoch || epoch + 1 < last_epoch)) {
         save_resume();
