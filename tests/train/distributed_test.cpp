@@ -258,3 +258,38 @@ TEST(DistributedTraining, AslTrainLaunchesItsOwnWorkers) {
   EXPECT_NE(text.find("global batch 2"), std::string::npos) << text;
   EXPECT_TRUE(fs::exists(dir.path() / "run" / "model-highest.pth"));
 }
+
+TEST(DistributedTraining, SigtermToTheLauncherWritesOneResumableCheckpoint) {
+  asl::test::TempDir dir("asl_dist");
+  const std::string fx = asl::test::fixtures_dir().string();
+  const fs::path run = dir.path() / "run", log = dir.path() / "log";
+  std::vector<Proc> launcher(1);
+  launcher[0].pid = spawn({binary_dir() + "/asl", "train", "--nproc-per-node", "2", "--annotations",
+                           fx + "/coco/annotations.json", "--images", fx + "/coco", "--val-annotations",
+                           fx + "/coco/annotations.json", "--val-images", fx + "/coco", "--layers", "1,1,1,1",
+                           "--width-factor", "0.25", "--image-size", "64", "--batch-size", "1", "--epochs", "1000",
+                           "--workers", "1", "--precision", "fp32", "--dist-timeout", "20", "--out", run.string()},
+                          {}, log);
+  // Once the first epoch is done (metrics.jsonl written), stop the group.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (!fs::exists(run / "metrics.jsonl") && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ::kill(launcher[0].pid, SIGTERM);
+  wait_all(launcher, std::chrono::seconds(120));
+  const std::string text = asl::io::read_file(log.string());
+  EXPECT_EQ(launcher[0].code, 143) << text;
+  EXPECT_NE(text.find("stopped"), std::string::npos) << text;
+  ASSERT_TRUE(fs::exists(run / "last.pth")) << text;
+  for (const auto& entry : fs::directory_iterator(run)) {
+    EXPECT_EQ(entry.path().filename().string().find(".asl-tmp"), std::string::npos) << entry.path();
+  }
+  // The state is whole: training goes on from it.
+  const std::string resume = binary_dir() + "/asl train --nproc-per-node 2 --annotations " + fx +
+                             "/coco/annotations.json --images " + fx + "/coco --val-annotations " + fx +
+                             "/coco/annotations.json --val-images " + fx + "/coco --layers 1,1,1,1 --width-factor 0.25"
+                             " --image-size 64 --batch-size 1 --epochs 1000 --workers 1 --precision fp32 --resume"
+                             " --max-steps 1 --out " + run.string() + " >" + (dir.path() / "log2").string() + " 2>&1";
+  EXPECT_EQ(std::system(resume.c_str()), 0) << asl::io::read_file((dir.path() / "log2").string());
+  EXPECT_NE(asl::io::read_file((dir.path() / "log2").string()).find("resumed from"), std::string::npos);
+}
