@@ -30,13 +30,14 @@ constexpr int64_t kMaxProtoBytes = (int64_t{1} << 31) - (int64_t{64} << 20);
 // Appends nodes and initializers to a graph; every value gets a fresh name.
 class Graph {
  public:
-  explicit Graph(onnx::GraphProto* g) : g_(g) {}
+  Graph(onnx::GraphProto* g, bool float16) : g_(g), half_(float16) {}
 
   std::string fresh(const std::string& hint) { return hint + "_" + std::to_string(counter_++); }
 
-  // A float32 (or int64) tensor as an initializer, data little-endian in raw_data.
+  // A float32 (float16 in a float16 graph, rounded to nearest) or int64 tensor as an initializer, data
+  // little-endian in raw_data.
   std::string initializer(const std::string& hint, const torch::Tensor& value) {
-    const torch::Tensor t = value.detach().cpu().contiguous();
+    torch::Tensor t = value.detach().cpu().contiguous();
     auto* init = g_->add_initializer();
     const std::string name = fresh(hint);
     init->set_name(name);
@@ -44,8 +45,9 @@ class Graph {
       init->set_data_type(onnx::TensorProto_DataType_INT64);
     } else {
       TORCH_CHECK(t.scalar_type() == torch::kFloat32, "export: initializer ", hint, " must be float32 or int64");
-      init->set_data_type(onnx::TensorProto_DataType_FLOAT);
-      weight_bytes_ += t.numel() * 4;
+      if (half_) t = t.to(torch::kHalf);
+      init->set_data_type(half_ ? onnx::TensorProto_DataType_FLOAT16 : onnx::TensorProto_DataType_FLOAT);
+      weight_bytes_ += t.nbytes();
     }
     for (int64_t d : t.sizes()) init->add_dims(d);
     init->set_raw_data(std::string(static_cast<const char*>(t.data_ptr()), static_cast<size_t>(t.nbytes())));
@@ -96,6 +98,7 @@ class Graph {
 
  private:
   onnx::GraphProto* g_;
+  bool half_;
   int64_t counter_ = 0;
   int64_t weight_bytes_ = 0;
 };
@@ -293,10 +296,15 @@ OnnxExportInfo export_onnx(const models::TResNet& model, const std::vector<std::
   const int64_t n = dynamic ? 1 : options.batch(), s = options.image_size();
   set_tensor_type(gp->add_input(), "input", {n, mo.in_chans(), s, s}, dynamic);
 
-  Graph g(gp);
+  Graph g(gp, options.float16());
   Emitter e(g, options);
   const auto& body = *model->body;
-  std::string x = e.space_to_depth("input", mo.in_chans(), s, body.space_to_depth->options.block_size());
+  std::string x = "input";
+  if (options.float16()) {
+    x = g.fresh("input_fp16");
+    Graph::integer(g.node("Cast", {"input"}, x), "to", onnx::TensorProto_DataType_FLOAT16);
+  }
+  x = e.space_to_depth(x, mo.in_chans(), s, body.space_to_depth->options.block_size());
   x = e.conv_norm_act(x, *body.conv1);
   for (const auto* stage : {&body.layer1, &body.layer2, &body.layer3, &body.layer4}) {
     for (const auto& b : (*stage)->blocks) x = e.block(x, b);
@@ -309,6 +317,11 @@ OnnxExportInfo export_onnx(const models::TResNet& model, const std::vector<std::
     const auto* bh = head.ptr()->as<models::BottleneckHeadImpl>();
     if (bh == nullptr) throw fail("unknown head");
     x = e.gemm(e.gemm(x, *bh->embedding_generator->ptr(0)->as<torch::nn::LinearImpl>()), *bh->FC);
+  }
+  if (options.float16()) {
+    const std::string back = g.fresh("logits_fp32");
+    Graph::integer(g.node("Cast", {x}, back), "to", onnx::TensorProto_DataType_FLOAT);
+    x = back;
   }
   const std::string output = options.with_sigmoid() ? "scores" : "logits";
   g.node(options.with_sigmoid() ? "Sigmoid" : "Identity", {x}, output);
@@ -340,6 +353,7 @@ OnnxExportInfo export_onnx(const models::TResNet& model, const std::vector<std::
       {"num_classes", std::to_string(mo.num_classes())},
       {"default_threshold", th.str()},
       {"norms", options.fuse() ? "folded into the convolutions" : "BatchNormalization"},
+      {"precision", options.float16() ? "float16 weights and activations (float32 input and output)" : "float32"},
   };
   for (const auto& [k, v] : info.metadata) {
     auto* p = m.add_metadata_props();

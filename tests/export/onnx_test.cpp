@@ -49,11 +49,12 @@ torch::Tensor ort_run(const fs::path& model, const torch::Tensor& input, const f
   return asl::io::load_npy(out.string());
 }
 
-// |got - want| <= 1e-4 * max(1, |want|) everywhere (the float32 bound).
-::testing::AssertionResult within_onnx_bound(const torch::Tensor& got, const torch::Tensor& want) {
+// |got - want| <= bound * max(1, |want|) everywhere: 1e-4 in float32 (the bound); in float16, 1e-2,
+// about 20 float16 roundings (2^-11) of a logit after the ~20 layers of these models.
+::testing::AssertionResult within_onnx_bound(const torch::Tensor& got, const torch::Tensor& want, double bound = 1e-4) {
   if (got.sizes() != want.sizes()) return ::testing::AssertionFailure() << got.sizes() << " vs " << want.sizes();
   const torch::Tensor g = got.to(torch::kFloat64), w = want.to(torch::kFloat64);
-  const torch::Tensor excess = (g - w).abs() - 1e-4 * w.abs().clamp_min(1.0);
+  const torch::Tensor excess = (g - w).abs() - bound * w.abs().clamp_min(1.0);
   const double worst = excess.max().item<double>();
   if (worst <= 0 && !g.isnan().any().item<bool>()) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << "max |diff| " << (g - w).abs().max().item<double>() << " beyond the bound by "
@@ -104,6 +105,13 @@ TEST(OnnxExport, EveryFixtureModelRunsInOnnxRuntimeWithTheSameLogits) {
       EXPECT_TRUE(within_onnx_bound(got, want));
       const torch::Tensor one = ort_run(file, x.slice(0, 1, 2), dir.path());
       EXPECT_TRUE(within_onnx_bound(one, want.slice(0, 1, 2)));
+      // float16 weights and activations, float32 at the ends.
+      asl::exporter::export_onnx(model.model, model.class_names, file.string(),
+                                 asl::exporter::OnnxExportOptions().image_size(x.size(2)).fuse(fuse).float16(true));
+      const torch::Tensor half = ort_run(file, x, dir.path());
+      EXPECT_EQ(half.scalar_type(), torch::kFloat32);
+      EXPECT_TRUE(within_onnx_bound(half, want, 1e-2));
+      EXPECT_FALSE(within_onnx_bound(half, want, 1e-7)) << "float16 computed like float32: not a float16 graph?";
     }
   }
 }

@@ -19,6 +19,7 @@ struct ExportParams {
   bool fuse = true;
   bool with_sigmoid = false;
   double threshold = -1;
+  std::string precision = "fp32";
 };
 
 int run_export(const ExportParams& p) {
@@ -43,11 +44,12 @@ int run_export(const ExportParams& p) {
                                               .batch(batch)
                                               .fuse(p.fuse)
                                               .with_sigmoid(p.with_sigmoid)
+                                              .float16(p.precision == "fp16")
                                               .threshold(threshold)
                                               .architecture(c.model_name)
                                               .layout(models::to_string(c.layout)));
   std::cerr << "asl export: " << p.weights.path << " (" << c.model_name << ", " << models::to_string(c.layout)
-            << " layout, " << c.num_classes() << " classes) -> " << p.output << ": opset " << p.opset << ", input "
+            << " layout, " << c.num_classes() << " classes) -> " << p.output << ": " << p.precision << ", opset " << p.opset << ", input "
             << (batch == 0 ? std::string("N") : std::to_string(batch)) << "x" << c.options.in_chans() << "x"
             << p.image_size << "x" << p.image_size << ", " << info.nodes << " nodes, " << std::fixed
             << std::setprecision(1) << static_cast<double>(info.file_bytes) / 1e6 << " MB\n";
@@ -66,6 +68,9 @@ void register_export(CLI::App& app, Runner& run) {
   cmd->add_option("--opset", p->opset, "ai.onnx opset, 13 to 17")->capture_default_str();
   cmd->add_option("--batch", p->batch, "dynamic (a batch axis N) or a fixed batch size")->capture_default_str();
   cmd->add_flag("--fuse,!--no-fuse", p->fuse, "fold the norms into the convolutions (else BatchNormalization nodes)")
+      ->capture_default_str();
+  cmd->add_option("--precision", p->precision, "fp32, or fp16 (weights and activations; float32 input and output)")
+      ->check(CLI::IsMember({"fp32", "fp16"}))
       ->capture_default_str();
   cmd->add_flag("--with-sigmoid,--with_sigmoid", p->with_sigmoid, "output 'scores' (sigmoid) instead of 'logits'");
   cmd->add_option("--threshold", p->threshold,

@@ -22,6 +22,8 @@ struct OnnxExportOptions {
   TORCH_ARG(int64_t, batch) = 0;
   /// Fold the norms into the convolutions; false: BatchNormalization nodes (the norm's scale as weight).
   TORCH_ARG(bool, fuse) = true;
+  /// Weights and activations in float16 (the input and output stay float32, cast at the graph's ends).
+  TORCH_ARG(bool, float16) = false;
   /// Output "scores" (sigmoid of the logits) instead of "logits".
   TORCH_ARG(bool, with_sigmoid) = false;
   /// Recorded in the metadata as the default decision threshold.
