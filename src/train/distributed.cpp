@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 
@@ -252,6 +253,93 @@ void Communicator::check_same(const std::string& what, const std::string& value)
 
 void Communicator::barrier() {
   impl_->wait(impl_->group->barrier(), config_, "barrier");
+}
+
+struct GradientSync::State {
+  Communicator* comm = nullptr;
+  std::vector<torch::Tensor> params;
+  struct Bucket {
+    std::vector<size_t> members;     // indices into params
+    std::vector<int64_t> offsets;    // of each member in buffer
+    torch::Tensor buffer;            // flat float32
+    size_t pending = 0;              // members whose gradient has not arrived in this backward
+    c10::intrusive_ptr<c10d::Work> work;
+  };
+  std::vector<Bucket> buckets;
+  std::vector<std::pair<size_t, size_t>> where;  // param -> (bucket, member)
+  std::mutex mutex;
+
+  void arrived(size_t param, const torch::Tensor& grad) {
+    torch::NoGradGuard no_grad;
+    const auto [b, m] = where[param];
+    Bucket& bucket = buckets[b];
+    bucket.buffer.narrow(0, bucket.offsets[m], grad.numel()).copy_(grad.reshape({-1}));
+    std::lock_guard<std::mutex> lock(mutex);
+    if (--bucket.pending == 0) {
+      std::vector<at::Tensor> one{bucket.buffer};
+      bucket.work = comm->impl_->group->allreduce(one);
+    }
+  }
+};
+
+GradientSync::GradientSync(Communicator& comm, std::vector<torch::Tensor> parameters, int64_t bucket_bytes)
+    : state_(std::make_shared<State>()) {
+  State& s = *state_;
+  s.comm = &comm;
+  s.params = std::move(parameters);
+  s.where.resize(s.params.size());
+  // Reverse order: the last layers' gradients come first in the backward.
+  int64_t filled = 0;  // elements in the current bucket
+  for (size_t k = s.params.size(); k-- > 0;) {
+    const int64_t n = s.params[k].numel();
+    if (s.buckets.empty() || (filled > 0 && (filled + n) * 4 > bucket_bytes)) {
+      s.buckets.emplace_back();
+      filled = 0;
+    }
+    State::Bucket& b = s.buckets.back();
+    s.where[k] = {s.buckets.size() - 1, b.members.size()};
+    b.members.push_back(k);
+    b.offsets.push_back(filled);
+    filled += n;
+  }
+  for (auto& b : s.buckets) {
+    const int64_t total = b.offsets.back() + s.params[b.members.back()].numel();
+    b.buffer = torch::zeros({total}, torch::kFloat32);
+    b.pending = b.members.size();
+  }
+  std::weak_ptr<State> weak = state_;
+  for (size_t k = 0; k < s.params.size(); ++k) {
+    s.params[k].register_hook([weak, k](torch::Tensor grad) {
+      if (auto st = weak.lock()) st->arrived(k, grad);
+    });
+  }
+}
+
+GradientSync::~GradientSync() = default;
+
+void GradientSync::finish() {
+  State& s = *state_;
+  torch::NoGradGuard no_grad;
+  const double scale = 1.0 / static_cast<double>(s.comm->world_size());
+  for (auto& b : s.buckets) {
+    if (b.pending != 0 || !b.work) {
+      throw std::runtime_error(rank_text(s.comm->config()) + ": gradient synchronisation: " + std::to_string(b.pending) +
+                               " parameters of a bucket got no gradient in this backward");
+    }
+    s.comm->impl_->wait(b.work, s.comm->config(), "all-reduce of gradients");
+    b.work.reset();
+    b.buffer.mul_(scale);
+    for (size_t m = 0; m < b.members.size(); ++m) {
+      torch::Tensor& p = s.params[b.members[m]];
+      const torch::Tensor avg = b.buffer.narrow(0, b.offsets[m], p.numel()).view(p.sizes());
+      if (p.grad().defined()) {
+        p.mutable_grad().copy_(avg);
+      } else {
+        p.mutable_grad() = avg.clone();
+      }
+    }
+    b.pending = b.members.size();
+  }
 }
 
 }  // namespace asl::train

@@ -177,6 +177,8 @@ struct Trainer::State {
   models::Layout save_layout = models::Layout::Published;
 
   models::TResNet model{nullptr};
+  // Data-parallel: averages the gradients over the ranks, overlapping the backward.
+  std::unique_ptr<GradientSync> grad_sync;
   std::unique_ptr<ModelEma> ema;
   std::unique_ptr<torch::optim::Adam> optimizer;
   std::unique_ptr<OneCycleSchedule> schedule;
@@ -587,13 +589,7 @@ struct Trainer::State {
           nn::functional::asymmetric_loss_optimized(logits.to(torch::kFloat32), batch->targets, o.loss());
       optimizer->zero_grad();
       loss.backward();
-      if (comm()) {
-        std::vector<torch::Tensor> grads;
-        for (const auto& p : model->parameters()) {
-          if (p.grad().defined()) grads.push_back(p.grad());
-        }
-        comm()->allreduce_mean(grads);
-      }
+      if (grad_sync) grad_sync->finish();  // the all-reduces the backward's hooks started
       last_lr = static_cast<const torch::optim::AdamOptions&>(optimizer->param_groups()[0].options()).lr();
       optimizer->step();
       // DDP's default, buffers as rank 0's at every forward: broadcast after each step, so that the EMA and
@@ -744,6 +740,7 @@ Trainer::Trainer(LabeledImages train, LabeledImages val, TrainerOptions options,
     std::vector<torch::Tensor> state;
     for (const auto& item : io::module_state_dict(*s.model)) state.push_back(item.value());
     comm->broadcast(state, 0);
+    s.grad_sync = std::make_unique<GradientSync>(*comm, s.model->parameters());
   }
   s.ema = std::make_unique<ModelEma>(*s.model, o.ema_decay());
   AdamConfig ac;

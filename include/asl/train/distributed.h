@@ -68,9 +68,29 @@ class Communicator {
   void barrier();
 
  private:
+  friend class GradientSync;
   struct Impl;
   DistributedConfig config_;
   std::unique_ptr<Impl> impl_;
+};
+
+/// DDP's gradient synchronisation: the parameters are split into buckets (in reverse order, the order the
+/// backward produces their gradients); autograd hooks copy each gradient into its bucket as soon as it is
+/// computed, and a full bucket's all-reduce starts at once, overlapping the rest of the backward. finish()
+/// waits for them and sets every parameter's .grad to the mean over the ranks. Every parameter must get a
+/// gradient in every backward (as in TResNet).
+class GradientSync {
+ public:
+  GradientSync(Communicator& comm, std::vector<torch::Tensor> parameters, int64_t bucket_bytes = 25 << 20);
+  ~GradientSync();
+  GradientSync(const GradientSync&) = delete;
+  GradientSync& operator=(const GradientSync&) = delete;
+  /// Waits for the backward's all-reduces and writes the averaged gradients into .grad.
+  void finish();
+
+ private:
+  struct State;
+  std::shared_ptr<State> state_;
 };
 
 }  // namespace asl::train
