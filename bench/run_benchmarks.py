@@ -71,41 +71,69 @@ def metrics_rows(build, baseline_dir, min_time):
     return [f"mAP              40137x80  mean_average_precision   {fmt_time(t)}  python {fmt_time(py)}  {py / t:.1f}x"]
 
 
-def onnx_rows(build, baseline_dir, min_time):
-    """TResNet-M at 224, float32: asl's fused model against ONNX Runtime running asl's own export of it."""
+def json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
+
+
+def tresnet_rows(build, baseline_dir, min_time):
+    """TResNet float32, 2 threads: asl's fused model and training step against the CPU peers of
+    ../shared/bench (PyTorch eager, TorchScript frozen + optimize_for_inference, ONNX Runtime running asl's
+    own export of the same model, PyTorch's training step), all in this invocation."""
     asl = os.path.join(build, "asl")
     binary = os.path.join(build, "bench", "tresnet_bench")
     modules = os.path.join(HERE, "..", ".deps", "ort", "node_modules")
     if not (os.path.exists(asl) and os.path.exists(binary)):
         return []
-    if not os.path.isdir(os.path.join(modules, "onnxruntime-node")):
-        return ["onnx: onnxruntime-node is not installed (run scripts/setup.sh); ONNX Runtime rows skipped"]
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt, model = os.path.join(tmp, "tresnet_m.pth"), os.path.join(tmp, "tresnet_m.onnx")
-        subprocess.run(["/usr/bin/python3", os.path.join(baseline_dir, "ref_tresnet.py"), "random", ckpt, "--model",
-                        "tresnet_m", "--num-classes", "80", "--layout", "published"], check=True, capture_output=True)
-        subprocess.run([asl, "export", ckpt, model, "--image-size", "224"], check=True, capture_output=True)
-        out = subprocess.run(["node", os.path.join(baseline_dir, "ort_run.js"), "time", model, "--size", "224",
-                              "--batch", "1,16", "--threads", "2", "--json", "--modules", modules],
-                             check=True, capture_output=True, text=True).stdout
-    ort = {}
-    for line in out.splitlines():
-        if line.strip().startswith("{"):
-            j = json.loads(line)
-            ort[int(j["batch"])] = j["images_per_s"]
-    _, ours = google_benchmark(binary, min_time, ["--benchmark_filter=tresnet_m_eval_fused_cl_fp32"])
-    rows = []
-    for batch in (1, 16):
-        t = ours.get(f"tresnet_m_eval_fused_cl_fp32/batch:{batch}")
-        if t is None or batch not in ort:
+    ref = os.path.join(baseline_dir, "ref_tresnet.py")
+    peers = {}  # (model, size, batch) -> {path: images/s}
+
+    def add(model, size, batch, path, ips):
+        peers.setdefault((model, size, batch), {})[path] = ips
+
+    for model, size, batches, train in (("tresnet_m", 224, "1,16", True), ("tresnet_l", 448, "1", False)):
+        cmd = ["/usr/bin/python3", ref, "time", "--model", model, "--size", str(size), "--batch", batches,
+               "--threads", "2", "--seconds", "5", "--json"] + (["--train"] if train else [])
+        for j in json_lines(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout):
+            add(model, size, int(j["batch"]), j["path"], j["images_per_s"])
+        if not os.path.isdir(os.path.join(modules, "onnxruntime-node")):
             continue
-        mine = batch / t
-        rows.append(f"TResNet-M 224 fp32 batch {batch:2d}   asl fused {mine:6.1f} images/s   ONNX Runtime "
-                    f"(asl export) {ort[batch]:6.1f} images/s   {mine / ort[batch]:.2f}x")
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt, onnx = os.path.join(tmp, "m.pth"), os.path.join(tmp, "m.onnx")
+            subprocess.run(["/usr/bin/python3", ref, "random", ckpt, "--model", model, "--num-classes", "80",
+                            "--layout", "published"], check=True, capture_output=True)
+            subprocess.run([asl, "export", ckpt, onnx, "--image-size", str(size)], check=True, capture_output=True)
+            out = subprocess.run(["node", os.path.join(baseline_dir, "ort_run.js"), "time", onnx, "--size", str(size),
+                                  "--batch", batches, "--threads", "2", "--seconds", "5", "--json", "--modules",
+                                  modules], check=True, capture_output=True, text=True).stdout
+            for j in json_lines(out):
+                add(model, size, int(j["batch"]), "onnxruntime", j["images_per_s"])
+    _, ours = google_benchmark(binary, min_time, ["--benchmark_filter=eval_fused_cl_fp32|train_step_fp32"])
+    mine = {("tresnet_m", 224, 1): ours.get("tresnet_m_eval_fused_cl_fp32/batch:1"),
+            ("tresnet_m", 224, 16): ours.get("tresnet_m_eval_fused_cl_fp32/batch:16"),
+            ("tresnet_l", 448, 1): ours.get("tresnet_l448_eval_fused_cl_fp32/batch:1")}
+    rows = []
+    for (model, size, batch), t in mine.items():
+        p = peers.get((model, size, batch), {})
+        if t is None:
+            continue
+        ips = batch / t
+        row = f"{model} {size} fp32 batch {batch:2d}  asl fused {ips:6.1f} images/s"
+        for path in ("eager_fp32", "torchscript_fp32", "onnxruntime"):
+            if path in p:
+                row += f"  {path.replace('_fp32', '')} {p[path]:6.1f} ({ips / p[path]:.2f}x)"
+        best = max((p[k] for k in ("torchscript_fp32", "onnxruntime") if k in p), default=None)
+        if best:
+            row += f"  vs best peer {ips / best:.2f}x"
+        rows.append(row)
+    t = ours.get("tresnet_m_train_step_fp32/batch:16")
+    py = peers.get(("tresnet_m", 224, 16), {}).get("train_step_fp32")
+    if t is not None and py:
+        rows.append(f"tresnet_m 224 fp32 train step batch 16  asl {16 / t:6.2f} images/s  PyTorch eager {py:6.2f}  "
+                    f"{16 / t / py:.2f}x")
     return rows
 
 
-GROUPS = {"loss": loss_rows, "metrics": metrics_rows, "onnx": onnx_rows}
+GROUPS = {"loss": loss_rows, "metrics": metrics_rows, "tresnet": tresnet_rows}
 
 
 def main():

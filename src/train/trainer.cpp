@@ -779,7 +779,10 @@ TrainResult Trainer::run() {
       break;
     }
     s.end_epoch();
-    if ((s.cb.stop_requested && s.cb.stop_requested()) || (s.o.max_steps() >= 0 && s.global_step >= s.o.max_steps())) {
+    bool stop_requested = s.cb.stop_requested && s.cb.stop_requested();
+    // Agreed over the ranks, as after every step: a signal that reached one rank first stops all here.
+    if (s.comm()) stop_requested = s.comm()->allreduce_sum({stop_requested ? 1.0 : 0.0})[0] > 0;
+    if (stop_requested || (s.o.max_steps() >= 0 && s.global_step >= s.o.max_steps())) {
       if (s.epoch < s.last_epoch) {
         result.interrupted = true;
         s.message("stopped after epoch " + std::to_string(s.epoch) + "; resume with --resume (" + result.resume_path + ")");
