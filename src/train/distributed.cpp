@@ -6,7 +6,9 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <condition_variable>
 #include <mutex>
+#include <thread>
 #include <sstream>
 #include <stdexcept>
 
@@ -110,6 +112,70 @@ c10::optional<DistributedConfig> distributed_from_env() {
 struct Communicator::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+  // Every rank bumps its counter "alive/<rank>" in the store twice a second, so that after a failed
+  // collective the survivors can tell which ranks stopped.
+  std::thread heartbeat;
+  std::mutex mutex;
+  std::condition_variable stop_cv;
+  bool stopping = false;
+
+  void start_heartbeat(int64_t rank) {
+    heartbeat = std::thread([this, rank] {
+      int64_t beat = 0;
+      std::unique_lock<std::mutex> lock(mutex);
+      while (!stopping) {
+        lock.unlock();
+        try {
+          const std::string v = std::to_string(++beat);
+          store->set("alive/" + std::to_string(rank), std::vector<uint8_t>(v.begin(), v.end()));
+        } catch (const std::exception&) {
+          // The store is gone (its host stopped); the next collective reports it.
+        }
+        lock.lock();
+        stop_cv.wait_for(lock, std::chrono::milliseconds(500), [this] { return stopping; });
+      }
+    });
+  }
+
+  void stop_heartbeat() {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      stopping = true;
+    }
+    stop_cv.notify_all();
+    if (heartbeat.joinable()) heartbeat.join();
+  }
+
+  // The ranks whose heartbeat did not move for two seconds ("" when all did), or the store's host.
+  std::string lost_ranks(const DistributedConfig& c) {
+    auto read = [&] {
+      std::vector<std::string> beats;
+      for (int64_t r = 0; r < c.world_size; ++r) {
+        const std::string key = "alive/" + std::to_string(r);
+        if (!store->check({key})) {
+          beats.emplace_back();
+          continue;
+        }
+        const std::vector<uint8_t> v = store->get(key);
+        beats.emplace_back(v.begin(), v.end());
+      }
+      return beats;
+    };
+    try {
+      const auto before = read();
+      std::this_thread::sleep_for(std::chrono::seconds(2));
+      const auto after = read();
+      std::string lost;
+      for (int64_t r = 0; r < c.world_size; ++r) {
+        if (r != c.rank && before[static_cast<size_t>(r)] == after[static_cast<size_t>(r)]) {
+          lost += (lost.empty() ? "" : ", ") + std::to_string(r);
+        }
+      }
+      return lost.empty() ? "" : "rank " + lost + " stopped";
+    } catch (const std::exception&) {
+      return c.agent_store ? "the store is unreachable" : "rank 0 (which hosts the store) stopped";
+    }
+  }
 
   // Waits for a collective; a failure (a peer died, the timeout passed) becomes one clear error.
   void wait(const c10::intrusive_ptr<c10d::Work>& work, const DistributedConfig& c, const char* what) {
@@ -119,8 +185,9 @@ struct Communicator::Impl {
       std::string msg = e.what();
       const size_t cut = msg.find("\nException raised from");
       if (cut != std::string::npos) msg.resize(cut);
-      throw std::runtime_error(rank_text(c) + ": the " + what +
-                               " across the group failed, so another rank stopped or is unreachable (bound: " +
+      const std::string lost = lost_ranks(c);
+      throw std::runtime_error(rank_text(c) + ": the " + what + " across the group failed: " +
+                               (lost.empty() ? "another rank stopped or is unreachable" : lost) + " (bound: " +
                                std::to_string(c.timeout.count() / 1000) + " s, --dist-timeout): " + msg);
     }
   }
@@ -150,6 +217,7 @@ Communicator::Communicator(const DistributedConfig& config) : config_(config), i
     }
     impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, static_cast<int>(c.rank),
                                                                 static_cast<int>(c.world_size), options);
+    impl_->start_heartbeat(c.rank);
   } catch (const std::exception& e) {
     std::string msg = e.what();
     const size_t cut = msg.find("\nException raised from");
@@ -160,7 +228,7 @@ Communicator::Communicator(const DistributedConfig& config) : config_(config), i
   }
 }
 
-Communicator::~Communicator() = default;
+Communicator::~Communicator() { impl_->stop_heartbeat(); }
 
 void Communicator::broadcast(const std::vector<torch::Tensor>& tensors, int64_t root) {
   torch::NoGradGuard no_grad;
