@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <map>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -232,12 +233,23 @@ Communicator::~Communicator() { impl_->stop_heartbeat(); }
 
 void Communicator::broadcast(const std::vector<torch::Tensor>& tensors, int64_t root) {
   torch::NoGradGuard no_grad;
-  for (const auto& t : tensors) {
-    std::vector<at::Tensor> one{t.is_contiguous() ? t : t.contiguous()};
+  // One collective per dtype: the tensors flattened into one buffer (a model's buffers are hundreds of
+  // small tensors, broadcast after every training step).
+  std::map<c10::ScalarType, std::vector<size_t>> by_dtype;
+  for (size_t i = 0; i < tensors.size(); ++i) by_dtype[tensors[i].scalar_type()].push_back(i);
+  for (const auto& [dtype, members] : by_dtype) {
+    std::vector<torch::Tensor> flat;
+    for (size_t i : members) flat.push_back(tensors[i].reshape({-1}));
+    std::vector<at::Tensor> buffer{torch::cat(flat)};
     c10d::BroadcastOptions o;
     o.rootRank = root;
-    impl_->wait(impl_->group->broadcast(one, o), config_, "broadcast");
-    if (!one[0].is_same(t)) t.copy_(one[0]);
+    impl_->wait(impl_->group->broadcast(buffer, o), config_, "broadcast");
+    int64_t offset = 0;
+    for (size_t i : members) {
+      const int64_t n = tensors[i].numel();
+      tensors[i].copy_(buffer[0].narrow(0, offset, n).view(tensors[i].sizes()));
+      offset += n;
+    }
   }
 }
 

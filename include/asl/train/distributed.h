@@ -54,7 +54,7 @@ class Communicator {
   int64_t world_size() const { return config_.world_size; }
   const DistributedConfig& config() const { return config_; }
 
-  /// Every tensor (CPU, contiguous or not) set to rank `root`'s values, in place.
+  /// Every tensor (CPU, contiguous or not) set to rank `root`'s values, in place; one collective per dtype.
   void broadcast(const std::vector<torch::Tensor>& tensors, int64_t root = 0);
   /// Every floating tensor replaced by the mean over the ranks (SUM, then / world size), in place, through
   /// flat float32 buckets of at most `bucket_bytes`.
