@@ -133,7 +133,30 @@ def tresnet_rows(build, baseline_dir, min_time):
     return rows
 
 
-GROUPS = {"loss": loss_rows, "metrics": metrics_rows, "tresnet": tresnet_rows}
+def distributed_rows(build, baseline_dir, min_time):
+    """Data-parallel training step on this machine (TResNet-M 224, batch 16 per worker): 1 worker x 2
+    threads against 2 workers x 1 thread, and the all-reduce's cost and the part the backward hides."""
+    binary = os.path.join(build, "bench", "dist_bench")
+    if not os.path.exists(binary):
+        return []
+    rows, runs = [], {}
+    for workers, threads in ((1, 2), (2, 1)):
+        j = json_lines(subprocess.run([binary, "--workers", str(workers), "--threads", str(threads), "--steps", "3"],
+                                      check=True, capture_output=True, text=True).stdout)[-1]
+        runs[workers] = j
+        row = (f"data-parallel {j['model']} {j['image_size']} batch {j['batch_per_worker']}/worker  {workers} worker(s) x "
+               f"{threads} thread(s)  {j['images_per_s']:6.2f} images/s  step {j['step_s']:.2f} s")
+        if workers > 1:
+            row += (f"  all-reduce of {j['grad_mb']:.0f} MB alone {j['allreduce_alone_s'] * 1e3:.0f} ms, exposed "
+                    f"{j['allreduce_exposed_s'] * 1e3:.0f} ms ({j['overlap'] * 100:.0f} % hidden by the backward), backward skew "
+                    f"{j['backward_skew_s'] * 1e3:.0f} ms")
+        rows.append(row)
+    if 1 in runs and 2 in runs:
+        rows.append(f"data-parallel 2x1 vs 1x2: {runs[2]['images_per_s'] / runs[1]['images_per_s']:.2f}x")
+    return rows
+
+
+GROUPS = {"loss": loss_rows, "metrics": metrics_rows, "tresnet": tresnet_rows, "distributed": distributed_rows}
 
 
 def main():

@@ -1,10 +1,16 @@
 #include "asl/train/distributed.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <cerrno>
+#include <cstring>
 #include <cstdlib>
 #include <map>
 #include <condition_variable>
@@ -331,6 +337,24 @@ void Communicator::check_same(const std::string& what, const std::string& value)
   }
 }
 
+int free_loopback_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw std::runtime_error(std::string("no free loopback port: socket: ") + std::strerror(errno));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  socklen_t len = sizeof(a);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw std::runtime_error(std::string("no free loopback port: ") + std::strerror(err));
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
 void Communicator::barrier() {
   impl_->wait(impl_->group->barrier(), config_, "barrier");
 }
@@ -348,6 +372,7 @@ struct GradientSync::State {
   std::vector<Bucket> buckets;
   std::vector<std::pair<size_t, size_t>> where;  // param -> (bucket, member)
   std::mutex mutex;
+  double last_wait = 0;
 
   void arrived(size_t param, const torch::Tensor& grad) {
     torch::NoGradGuard no_grad;
@@ -401,12 +426,15 @@ void GradientSync::finish() {
   State& s = *state_;
   torch::NoGradGuard no_grad;
   const double scale = 1.0 / static_cast<double>(s.comm->world_size());
+  double wait = 0;
   for (auto& b : s.buckets) {
     if (b.pending != 0 || !b.work) {
       throw std::runtime_error(rank_text(s.comm->config()) + ": gradient synchronisation: " + std::to_string(b.pending) +
                                " parameters of a bucket got no gradient in this backward");
     }
+    const auto t0 = std::chrono::steady_clock::now();
     s.comm->impl_->wait(b.work, s.comm->config(), "all-reduce of gradients");
+    wait += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     b.work.reset();
     b.buffer.mul_(scale);
     for (size_t m = 0; m < b.members.size(); ++m) {
@@ -420,6 +448,9 @@ void GradientSync::finish() {
     }
     b.pending = b.members.size();
   }
+  s.last_wait = wait;
 }
+
+double GradientSync::last_wait_seconds() const { return state_->last_wait; }
 
 }  // namespace asl::train

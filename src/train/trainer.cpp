@@ -65,7 +65,8 @@ uint64_t mix(uint64_t a, uint64_t b) {
   return z ^ (z >> 31);
 }
 
-// The epoch's image order: a Fisher-Yates shuffle from the run seed (unbiased, library-independent).
+}  // namespace
+
 std::vector<int64_t> epoch_order(uint64_t seed, int64_t epoch, int64_t n) {
   std::vector<int64_t> order(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
@@ -84,6 +85,20 @@ std::vector<int64_t> epoch_order(uint64_t seed, int64_t epoch, int64_t n) {
 uint64_t image_seed(uint64_t seed, int64_t epoch, int64_t position) {
   return mix(mix(mix(seed, 0x4155474DULL), static_cast<uint64_t>(epoch)), static_cast<uint64_t>(position));
 }
+
+std::vector<int64_t> shard_positions(int64_t n, int64_t world, int64_t rank, int64_t begin) {
+  if (n < 1 || world < 1 || rank < 0 || rank >= world || begin < 0) {
+    throw std::invalid_argument("shard_positions: n " + std::to_string(n) + ", world " + std::to_string(world) +
+                                ", rank " + std::to_string(rank) + ", begin " + std::to_string(begin));
+  }
+  const int64_t rest = std::max<int64_t>(0, n - begin);
+  const int64_t count = (rest + world - 1) / world;
+  std::vector<int64_t> positions(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) positions[static_cast<size_t>(i)] = begin + rank + i * world;
+  return positions;
+}
+
+namespace {
 
 std::string shape_string(const torch::Tensor& t) {
   std::ostringstream s;
@@ -191,6 +206,21 @@ struct Trainer::State {
   int64_t epoch = 0;
   int64_t step_in_epoch = 0;
   int64_t global_step = 0;
+  // Where this world's sharding of the current epoch's order starts: position `epoch_base` of the order
+  // at step `base_step` (0 and 0, unless the run resumed mid-epoch, possibly with another world size).
+  // `global_step` is the one-cycle schedule's step in this world's steps.
+  int64_t epoch_base = 0;
+  int64_t base_step = 0;
+
+  // Steps of the current epoch in this world: those before the base, then the rest of the order sharded.
+  int64_t epoch_steps() const {
+    const int64_t rest = std::max<int64_t>(0, train.size() - epoch_base);
+    return base_step + ((rest + world() - 1) / world() + o.batch_size() - 1) / o.batch_size();
+  }
+  // Positions of the epoch's order consumed by all ranks (the padding of a finished epoch not counted).
+  int64_t epoch_position() const {
+    return std::min(train.size(), epoch_base + (step_in_epoch - base_step) * o.batch_size() * world());
+  }
   double epoch_loss_sum = 0;
   int64_t epoch_images = 0;
   double epoch_seconds = 0;
@@ -240,8 +270,6 @@ struct Trainer::State {
     m.set(PyValue::str("amp"), PyValue::boolean(o.amp()));
     m.set(PyValue::str("augment"), PyValue::boolean(static_cast<bool>(o.augment())));
     m.set(PyValue::str("seed"), PyValue::integer(static_cast<int64_t>(o.seed())));
-    // Only with more than one rank, so that single-process last.pth files of earlier versions still match.
-    if (world() > 1) m.set(PyValue::str("world_size"), PyValue::integer(world()));
     return d;
   }
 
@@ -342,6 +370,8 @@ struct Trainer::State {
     tm.set(PyValue::str("epoch"), PyValue::integer(epoch));
     tm.set(PyValue::str("step_in_epoch"), PyValue::integer(step_in_epoch));
     tm.set(PyValue::str("global_step"), PyValue::integer(global_step));
+    tm.set(PyValue::str("epoch_position"), PyValue::integer(epoch_position()));
+    tm.set(PyValue::str("world_size"), PyValue::integer(world()));
     tm.set(PyValue::str("epoch_loss_sum"), PyValue::floating(epoch_loss_sum));
     tm.set(PyValue::str("epoch_images"), PyValue::integer(epoch_images));
     tm.set(PyValue::str("epoch_seconds"), PyValue::floating(epoch_seconds));
@@ -426,14 +456,42 @@ struct Trainer::State {
       std::lock_guard<std::mutex> lock(gen.mutex());
       gen.set_state(field(t, "rng_state", file).as_tensor());
     }
-    if (global_step != epoch * steps_per_epoch + step_in_epoch || step_in_epoch > steps_per_epoch) {
-      throw std::runtime_error(file + ": inconsistent position (epoch " + std::to_string(epoch) + ", step " +
-                               std::to_string(step_in_epoch) + ", global step " + std::to_string(global_step) + ")");
+    // The world that wrote the file (files of earlier versions: in the recipe when > 1, else 1) and the
+    // images of the epoch's order it consumed: with DistributedSampler's interleave, after s steps exactly
+    // the first s * batch * world positions.
+    const PyValue* saved_world_value = t.as_dict().find(PyValue::str("world_size"));
+    if (saved_world_value == nullptr) saved_world_value = saved.as_dict().find(PyValue::str("world_size"));
+    const int64_t saved_world = saved_world_value ? saved_world_value->as_int() : 1;
+    const PyValue* position_value = t.as_dict().find(PyValue::str("epoch_position"));
+    const int64_t consumed = position_value ? position_value->as_int()
+                                            : std::min(train.size(), step_in_epoch * o.batch_size() * saved_world);
+    if (saved_world < 1 || consumed < 0 || consumed > train.size()) {
+      throw std::runtime_error(file + ": inconsistent position (world size " + std::to_string(saved_world) +
+                               ", epoch position " + std::to_string(consumed) + " of " + std::to_string(train.size()) +
+                               " images)");
     }
+    if (saved_world == world()) {
+      if (global_step != epoch * steps_per_epoch + step_in_epoch || step_in_epoch > steps_per_epoch) {
+        throw std::runtime_error(file + ": inconsistent position (epoch " + std::to_string(epoch) + ", step " +
+                                 std::to_string(step_in_epoch) + ", global step " + std::to_string(global_step) + ")");
+      }
+    } else {
+      // Another world size: the rest of the epoch's order (from the first position not consumed) is
+      // sharded over this world; the schedule continues from the step of this world that has consumed
+      // as many images (rounded down, so the epoch never has more steps than this world's epochs).
+      step_in_epoch = consumed / (o.batch_size() * world());
+      global_step = epoch * steps_per_epoch + step_in_epoch;
+      message(file + " was written by " + std::to_string(saved_world) + " rank(s), this run has " +
+              std::to_string(world()) + ": images " + std::to_string(consumed) + ".." + std::to_string(train.size()) +
+              " of epoch " + std::to_string(epoch + 1) + "'s order are sharded over " + std::to_string(world()) +
+              ", the schedule continues at step " + std::to_string(global_step) + " of " + std::to_string(total_steps));
+    }
+    epoch_base = consumed;
+    base_step = step_in_epoch;
     set_schedule_point();
     last_complete = position();
     message("resumed from " + file + " at epoch " + std::to_string(epoch + 1) + ", step " +
-            std::to_string(step_in_epoch) + "/" + std::to_string(steps_per_epoch));
+            std::to_string(step_in_epoch) + "/" + std::to_string(epoch_steps()));
     return true;
   }
 
@@ -515,6 +573,10 @@ struct Trainer::State {
     history.push_back(r);
     ++epoch;
     step_in_epoch = 0;
+    epoch_base = 0;
+    base_step = 0;
+    // After a resume with another world size the epoch may have had a step fewer than this world's.
+    global_step = epoch * steps_per_epoch;
     epoch_loss_sum = 0;
     epoch_images = 0;
     epoch_seconds = 0;
@@ -527,11 +589,12 @@ struct Trainer::State {
     StepInfo info;
     info.epoch = epoch + 1;
     info.step = step_in_epoch;
-    info.steps_per_epoch = steps_per_epoch;
+    info.steps_per_epoch = epoch_steps();
     info.global_step = global_step;
-    // Over all ranks: the epoch's (padded) order is world * shard images.
-    const int64_t epoch_total = world() * ((train.size() + world() - 1) / world());
-    info.images = std::min(step_in_epoch * o.batch_size() * world(), epoch_total);
+    // Over all ranks: the rest of the epoch's order from the base, padded to a multiple of the world.
+    const int64_t rest = std::max<int64_t>(0, train.size() - epoch_base);
+    const int64_t epoch_total = epoch_base + world() * ((rest + world() - 1) / world());
+    info.images = std::min(epoch_base + (step_in_epoch - base_step) * o.batch_size() * world(), epoch_total);
     info.epoch_images = epoch_total;
     info.loss = loss;
     info.lr = last_lr;
@@ -542,17 +605,18 @@ struct Trainer::State {
   bool train_epoch() {
     const int64_t bs = o.batch_size();
     const std::vector<int64_t> order = epoch_order(o.seed(), epoch, train.size());
-    // This rank's share, as DistributedSampler: positions rank, rank + world, ... of the order padded (by
-    // repeating its start) to a multiple of the world size. One process: the whole order.
-    const int64_t w = world(), r = rank(), n = train.size();
-    const int64_t shard = (n + w - 1) / w;
-    const int64_t start = step_in_epoch * bs;
+    // This rank's share, as DistributedSampler: positions base + rank, base + rank + world, ... of the
+    // order padded (by repeating its start) to a multiple of the world size. One process: the whole order.
+    const int64_t w = world(), n = train.size();
+    const std::vector<int64_t> share = shard_positions(n, w, rank(), epoch_base);
+    const int64_t start = (step_in_epoch - base_step) * bs;
     std::vector<std::string> paths;
-    std::vector<int64_t> rows;
-    for (int64_t i = start; i < shard; ++i) {
-      const int64_t position = (r + i * w) % n;
-      paths.push_back(train.paths[static_cast<size_t>(order[static_cast<size_t>(position)])]);
-      rows.push_back(order[static_cast<size_t>(position)]);
+    std::vector<int64_t> rows, positions;
+    for (size_t i = static_cast<size_t>(std::min<int64_t>(start, static_cast<int64_t>(share.size()))); i < share.size(); ++i) {
+      const int64_t row = order[static_cast<size_t>(share[i] % n)];
+      paths.push_back(train.paths[static_cast<size_t>(row)]);
+      rows.push_back(row);
+      positions.push_back(share[i]);
     }
     const torch::Tensor targets = train.targets.index_select(0, torch::tensor(rows, torch::kInt64)).to(torch::kFloat32);
     data::LoaderOptions lo;
@@ -566,8 +630,8 @@ struct Trainer::State {
       const uint64_t seed = o.seed();
       const int64_t ep = epoch;
       // Seeded by the image's position in the (padded) epoch order, whatever the number of ranks and workers.
-      lo.transform = [augment, seed, ep, start, w, r](data::Image& image, int64_t index) {
-        augment(image, image_seed(seed, ep, r + (start + index) * w));
+      lo.transform = [augment, seed, ep, positions](data::Image& image, int64_t index) {
+        augment(image, image_seed(seed, ep, positions[static_cast<size_t>(index)]));
       };
     }
     data::BatchLoader loader(paths, targets, {}, lo);
@@ -617,10 +681,10 @@ struct Trainer::State {
       // A stop request on any rank stops every rank after this same step.
       if (comm()) stop_here = comm()->allreduce_sum({stop_here ? 1.0 : 0.0})[0] > 0;
       const bool stop = stop_here || (o.max_steps() >= 0 && global_step >= o.max_steps());
-      if (stop && (step_in_epoch < steps_per_epoch || epoch + 1 < last_epoch)) {
+      if (stop && (step_in_epoch < epoch_steps() || epoch + 1 < last_epoch)) {
         save_resume();
         write_reports();
-        message("stopped after step " + std::to_string(step_in_epoch) + "/" + std::to_string(steps_per_epoch) +
+        message("stopped after step " + std::to_string(step_in_epoch) + "/" + std::to_string(epoch_steps()) +
                 " of epoch " + std::to_string(epoch + 1) + "; resume with --resume (" + path(kResumeFile) + ")");
         return false;
       }
@@ -774,7 +838,7 @@ TrainResult Trainer::run() {
   TrainResult result;
   result.resume_path = s.path(kResumeFile);
   while (s.epoch < s.last_epoch) {
-    if (s.step_in_epoch < s.steps_per_epoch && !s.train_epoch()) {
+    if (s.step_in_epoch < s.epoch_steps() && !s.train_epoch()) {
       result.interrupted = true;
       break;
     }

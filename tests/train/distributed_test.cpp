@@ -3,11 +3,8 @@
 // gathered scores), a rank that dies, and `asl train --nproc-per-node 2`.
 #include <gtest/gtest.h>
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <spawn.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +12,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -23,24 +22,13 @@
 #include "asl/io/checkpoint.h"
 #include "asl/io/file.h"
 #include "asl/train/distributed.h"
+#include "asl/train/trainer.h"
 #include "test_util.h"
 
 extern char** environ;
 namespace fs = std::filesystem;
 
 namespace {
-
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
 
 using Vars = std::vector<std::pair<const char*, const char*>>;
 
@@ -125,21 +113,43 @@ std::string binary_dir() {
   return d;
 }
 
-std::vector<Proc> run_workers(const fs::path& dir, const std::vector<std::string>& extra_args) {
-  const int port = free_port();
-  std::vector<Proc> procs(2);
-  for (int r = 0; r < 2; ++r) {
-    std::vector<std::string> argv{binary_dir() + "/tests/dist_worker", (dir / "state").string(), (dir / "run").string()};
+// `world` dist_worker processes (1: a single process, no group) with `args` (default: the training run
+// OUT_PREFIX = dir/state, RUN_DIR = dir/run, then `extra_args`); logs dir/rank<R>.log.
+std::vector<Proc> run_workers(const fs::path& dir, const std::vector<std::string>& extra_args, int world = 2,
+                              std::vector<std::string> args = {}) {
+  if (args.empty()) args = {(dir / "state").string(), (dir / "run").string()};
+  const int port = asl::train::free_loopback_port();
+  std::vector<Proc> procs(static_cast<size_t>(world));
+  for (int r = 0; r < world; ++r) {
+    std::vector<std::string> argv{binary_dir() + "/tests/dist_worker"};
+    argv.insert(argv.end(), args.begin(), args.end());
     argv.insert(argv.end(), extra_args.begin(), extra_args.end());
     const fs::path log = dir / ("rank" + std::to_string(r) + ".log");
+    const std::string w = std::to_string(world);
     procs[static_cast<size_t>(r)].pid =
-        spawn(argv, {"RANK=" + std::to_string(r), "LOCAL_RANK=" + std::to_string(r), "WORLD_SIZE=2", "LOCAL_WORLD_SIZE=2",
+        spawn(argv, {"RANK=" + std::to_string(r), "LOCAL_RANK=" + std::to_string(r), "WORLD_SIZE=" + w, "LOCAL_WORLD_SIZE=" + w,
                      "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(port)},
               log);
   }
   wait_all(procs, std::chrono::seconds(240));
-  for (int r = 0; r < 2; ++r) procs[static_cast<size_t>(r)].log = asl::io::read_file((dir / ("rank" + std::to_string(r) + ".log")).string());
+  for (int r = 0; r < world; ++r) procs[static_cast<size_t>(r)].log = asl::io::read_file((dir / ("rank" + std::to_string(r) + ".log")).string());
   return procs;
+}
+
+// "epoch position" lines a recording dist_worker wrote, added to `into[epoch]`.
+void read_positions(const fs::path& file, std::map<int64_t, std::multiset<int64_t>>& into) {
+  std::ifstream f(file);
+  ASSERT_TRUE(f.good()) << file;
+  int64_t e = 0, p = 0;
+  while (f >> e >> p) into[e].insert(p);
+}
+
+int metrics_records(const fs::path& run) {
+  std::ifstream metrics(run / "metrics.jsonl");
+  std::string line;
+  int records = 0;
+  while (std::getline(metrics, line)) ++records;
+  return records;
 }
 
 }  // namespace
@@ -293,4 +303,86 @@ TEST(DistributedTraining, SigtermToTheLauncherWritesOneResumableCheckpoint) {
                              " --max-steps 1 --out " + run.string() + " >" + (dir.path() / "log2").string() + " 2>&1";
   EXPECT_EQ(std::system(resume.c_str()), 0) << asl::io::read_file((dir.path() / "log2").string());
   EXPECT_NE(asl::io::read_file((dir.path() / "log2").string()).find("resumed from"), std::string::npos);
+}
+
+// PyTorch's DistributedSampler (shuffle off, drop_last off) on an order of n: pad by repeating the start to
+// a multiple of the world, rank r takes r, r + W, ...
+TEST(DistributedSharding, PositionsAreDistributedSamplers) {
+  for (int64_t n = 1; n <= 13; ++n) {
+    for (int64_t w = 1; w <= 4; ++w) {
+      const int64_t total = (n + w - 1) / w * w;
+      std::vector<int64_t> padded;
+      for (int64_t i = 0; i < total; ++i) padded.push_back(i % n);
+      std::multiset<int64_t> rest;
+      for (int64_t r = 0; r < w; ++r) {
+        std::vector<int64_t> expected;
+        for (int64_t i = r; i < total; i += w) expected.push_back(padded[static_cast<size_t>(i)]);
+        std::vector<int64_t> got = asl::train::shard_positions(n, w, r);
+        for (auto& p : got) p %= n;
+        EXPECT_EQ(got, expected) << "n " << n << " world " << w << " rank " << r;
+        // From a later position (a resumed epoch): every remaining position once, the same count per rank.
+        const int64_t begin = n / 2;
+        const std::vector<int64_t> from = asl::train::shard_positions(n, w, r, begin);
+        EXPECT_EQ(static_cast<int64_t>(from.size()), (n - begin + w - 1) / w);
+        for (const int64_t p : from) if (p < n) rest.insert(p);
+      }
+      std::multiset<int64_t> all;
+      for (int64_t p = n / 2; p < n; ++p) all.insert(p);
+      EXPECT_EQ(rest, all) << "n " << n << " world " << w;
+    }
+  }
+  EXPECT_THROW(asl::train::shard_positions(3, 2, 2), std::invalid_argument);
+  EXPECT_THROW(asl::train::shard_positions(0, 1, 0), std::invalid_argument);
+}
+
+// Norms in eval mode (a model whose gradient does not depend on the batch split): each rank's averaged
+// gradient is the single-process gradient over the union / world, bucketed equals per-tensor all-reduce,
+// and 4 Adam steps match the single-process run on the union with loss / world (checks in dist_worker).
+TEST(DistributedTraining, GradientsAreTheSingleProcessGradientOverTheUnion) {
+  asl::test::TempDir dir("asl_dist");
+  std::vector<Proc> procs = run_workers(dir.path(), {}, 2, {"grad"});
+  for (const auto& p : procs) {
+    ASSERT_EQ(p.code, 0) << p.log;
+    EXPECT_NE(p.log.find("gradient checks held"), std::string::npos) << p.log;
+  }
+}
+
+// last.pth written by 2 ranks continues in 1 process and the other way round: each epoch trains every
+// position of its order once (the padding of the 2-rank part aside), and the run finishes.
+TEST(DistributedTraining, ResumesWithAnotherWorldSize) {
+  const int64_t n = 11;  // odd: the 2-rank shards are padded
+  for (const auto& [first, second, stop] : std::vector<std::tuple<int, int, int>>{{2, 1, 1}, {1, 2, 3}}) {
+    asl::test::TempDir dir("asl_dist");
+    const std::vector<std::string> common{"images", std::to_string(n), "batch", "2", "record", "1"};
+    std::vector<std::string> a = common;
+    a.insert(a.end(), {"max-steps", std::to_string(stop)});
+    std::vector<Proc> p1 = run_workers(dir.path(), a, first);
+    for (const auto& p : p1) ASSERT_EQ(p.code, 0) << p.log;
+    std::map<int64_t, std::multiset<int64_t>> seen;
+    for (int r = 0; r < first; ++r) read_positions(dir.path() / ("state." + std::to_string(r) + ".positions"), seen);
+    // Batch 2: the first part consumed positions [0, stop * 2 * first) of epoch 1's order.
+    const int64_t consumed = stop * 2 * first;
+    ASSERT_EQ(static_cast<int64_t>(seen[0].size()), consumed);
+    EXPECT_EQ(*seen[0].rbegin(), consumed - 1);
+
+    std::vector<std::string> b = common;
+    b.push_back("resume");
+    std::vector<Proc> p2 = run_workers(dir.path(), b, second, {(dir.path() / "state2").string(), (dir.path() / "run").string()});
+    for (const auto& p : p2) ASSERT_EQ(p.code, 0) << p.log;
+    EXPECT_NE(p2[0].log.find("written by " + std::to_string(first) + " rank(s), this run has " + std::to_string(second)),
+              std::string::npos)
+        << p2[0].log;
+    EXPECT_NE(p2[0].log.find("finished 1"), std::string::npos) << p2[0].log;
+    for (int r = 0; r < second; ++r) read_positions(dir.path() / ("state2." + std::to_string(r) + ".positions"), seen);
+    for (int64_t e = 0; e < 2; ++e) {
+      std::multiset<int64_t> real;
+      for (const int64_t p : seen[e]) {
+        if (p < n) real.insert(p); else EXPECT_GE(p, n);
+      }
+      std::multiset<int64_t> all;
+      for (int64_t p = 0; p < n; ++p) all.insert(p);
+      EXPECT_EQ(real, all) << "epoch " << e + 1 << " of " << first << " → " << second;
+    }
+    EXPECT_EQ(metrics_records(dir.path() / "run"), 2);
+  }
 }

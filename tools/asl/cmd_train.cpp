@@ -1,7 +1,4 @@
 // `asl train`: the reference's train.py — ASL training with Adam, one-cycle, EMA; resumable, Ctrl-C safe.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -118,24 +115,6 @@ extern "C" void forward_signal(int sig) {
   }
 }
 
-// A TCP port on the loopback interface that nothing listens on now.
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw std::runtime_error(std::string("--nproc-per-node: socket: ") + std::strerror(errno));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  socklen_t len = sizeof(a);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-    ::close(fd);
-    throw std::runtime_error(std::string("--nproc-per-node: no free port: ") + std::strerror(errno));
-  }
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 // This process's arguments without --nproc-per-node (so that the workers do not launch again).
 std::vector<std::string> worker_arguments() {
   std::ifstream in("/proc/self/cmdline", std::ios::binary);
@@ -158,7 +137,7 @@ std::vector<std::string> worker_arguments() {
 int launch_workers(int n) {
   if (n > 256) throw std::runtime_error("--nproc-per-node: at most 256 workers, got " + std::to_string(n));
   const std::vector<std::string> args = worker_arguments();
-  const int port = free_port();
+  const int port = asl::train::free_loopback_port();
   std::cerr << "asl train: starting " << n << " workers on this machine (store 127.0.0.1:" << port << ")\n";
   g_worker_count.store(0);
   for (int r = 0; r < n; ++r) {

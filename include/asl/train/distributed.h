@@ -38,6 +38,10 @@ struct DistributedConfig {
 /// for a malformed or inconsistent one.
 c10::optional<DistributedConfig> distributed_from_env();
 
+/// A TCP port on the loopback interface that nothing listens on now (for a group on one machine).
+/// Throws std::runtime_error with the system's reason when none can be had.
+int free_loopback_port();
+
 /// The first host of a SLURM node list ("node[01-04,07],gpu2" -> "node01").
 std::string first_slurm_host(const std::string& nodelist);
 
@@ -87,6 +91,9 @@ class GradientSync {
   GradientSync& operator=(const GradientSync&) = delete;
   /// Waits for the backward's all-reduces and writes the averaged gradients into .grad.
   void finish();
+  /// Seconds the last finish() spent waiting for all-reduces still running after the backward (the part
+  /// of the communication the backward did not hide).
+  double last_wait_seconds() const;
 
  private:
   struct State;

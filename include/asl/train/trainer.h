@@ -44,6 +44,20 @@ LabeledImages from_coco(const data::CocoDataset& dataset);
 /// number of workers or on where a run was resumed. Called from several threads at once.
 using AugmentFn = std::function<void(data::Image& image, uint64_t seed)>;
 
+/// The order of epoch `epoch` (0-based) over `n` training images: a Fisher-Yates shuffle from the run
+/// seed (std::mt19937_64, unbiased, library-independent).
+std::vector<int64_t> epoch_order(uint64_t seed, int64_t epoch, int64_t n);
+
+/// The augmentation seed of the image at `position` of epoch `epoch`'s order (positions past the end
+/// are DistributedSampler's padding, which repeats the start of the order).
+uint64_t image_seed(uint64_t seed, int64_t epoch, int64_t position);
+
+/// DistributedSampler's share of rank `rank` of `world` of an epoch's order of `n` images from position
+/// `begin` on (0 at an epoch's start; the first position not consumed when a run resumed mid-epoch):
+/// begin + rank, begin + rank + world, ..., ceil((n - begin) / world) positions; a position p >= n is
+/// the padding p - n. Throws std::invalid_argument for n < 1, world < 1, rank outside [0, world), begin < 0.
+std::vector<int64_t> shard_positions(int64_t n, int64_t world, int64_t rank, int64_t begin = 0);
+
 /// The reference's training augmentation after the squish resize: CutoutPIL(cutout_factor=0.5), then
 /// RandAugment (2 ops at magnitude 9 from the 15 ops of asl/train/augment.h), from one std::mt19937_64
 /// seeded with `seed`.
