@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <set>
 #include <thread>
 
@@ -384,5 +385,102 @@ TEST(DistributedTraining, ResumesWithAnotherWorldSize) {
       EXPECT_EQ(real, all) << "epoch " << e + 1 << " of " << first << " → " << second;
     }
     EXPECT_EQ(metrics_records(dir.path() / "run"), 2);
+  }
+}
+
+namespace {
+
+// The children of `parent` whose environment holds `var` (e.g. "RANK=1").
+std::vector<pid_t> children_with(pid_t parent, const std::string& var) {
+  std::vector<pid_t> found;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    const size_t close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(line.substr(close + 2));
+    char state = 0;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid != parent) continue;
+    std::ifstream env(entry.path() / "environ", std::ios::binary);
+    std::string item;
+    while (std::getline(env, item, '\0')) {
+      if (item == var) found.push_back(static_cast<pid_t>(std::stol(name)));
+    }
+  }
+  return found;
+}
+
+// torchrun from Debian's python3-torch 1.13. Under Python 3.11 its default --redirects/--tee ("0") parse to
+// None (IntFlag no longer iterates the zero member), so every run passes --redirects 1 --tee 2: stdout to
+// its log folder, stderr teed to the console.
+std::vector<std::string> torchrun(const fs::path& dir, int port, const std::vector<std::string>& extra) {
+  std::vector<std::string> argv{"/usr/bin/python3", "-m", "torch.distributed.run", "--no_python", "--nproc_per_node", "2",
+                                "--master_port", std::to_string(port), "--redirects", "1", "--tee", "2", "--log_dir",
+                                (dir / "torchrun").string()};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return argv;
+}
+
+std::vector<std::string> tiny_train(const fs::path& run, const std::vector<std::string>& extra) {
+  const std::string fx = asl::test::fixtures_dir().string();
+  std::vector<std::string> argv{binary_dir() + "/asl", "train", "--annotations", fx + "/coco/annotations.json", "--images",
+                                fx + "/coco", "--val-annotations", fx + "/coco/annotations.json", "--val-images",
+                                fx + "/coco", "--layers", "1,1,1,1", "--width-factor", "0.25", "--image-size", "32",
+                                "--batch-size", "1", "--workers", "1", "--precision", "fp32", "--dist-timeout", "20",
+                                "--out", run.string()};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return argv;
+}
+
+}  // namespace
+
+// `torchrun --no_python ... asl train`: the workers join the agent's store; then with --max_restarts 1 a
+// worker killed after the first epoch makes torchrun restart the group, which resumes from last.pth.
+TEST(DistributedTraining, TorchrunRunsTheWorkersAndRestartsALostGroup) {
+  ASSERT_TRUE(fs::exists("/usr/bin/python3")) << "Debian's python3-torch (scripts/setup.sh) provides torchrun";
+  {
+    asl::test::TempDir dir("asl_dist");
+    std::vector<Proc> run(1);
+    std::vector<std::string> argv = torchrun(dir.path(), asl::train::free_loopback_port(), {});
+    const std::vector<std::string> train = tiny_train(dir.path() / "run", {"--epochs", "2"});
+    argv.insert(argv.end(), train.begin(), train.end());
+    run[0].pid = spawn(argv, {}, dir.path() / "log");
+    wait_all(run, std::chrono::seconds(120));
+    const std::string text = asl::io::read_file((dir.path() / "log").string());
+    ASSERT_EQ(run[0].code, 0) << text;
+    EXPECT_NE(text.find("data-parallel, 2 ranks (torchrun"), std::string::npos) << text;
+    EXPECT_TRUE(fs::exists(dir.path() / "run" / "model-highest.pth"));
+    EXPECT_EQ(metrics_records(dir.path() / "run"), 2);
+  }
+  {
+    asl::test::TempDir dir("asl_dist");
+    const fs::path out = dir.path() / "run";
+    std::vector<Proc> run(1);
+    std::vector<std::string> argv = torchrun(dir.path(), asl::train::free_loopback_port(), {"--max_restarts", "1"});
+    const std::vector<std::string> train =
+        tiny_train(out, {"--epochs", "1000", "--stop-epoch", "0", "--max-steps", "120", "--no-epoch-checkpoints", "--resume"});
+    argv.insert(argv.end(), train.begin(), train.end());
+    run[0].pid = spawn(argv, {}, dir.path() / "log");
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (!fs::exists(out / "metrics.jsonl") && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    std::vector<pid_t> rank1 = children_with(run[0].pid, "RANK=1");
+    ASSERT_EQ(rank1.size(), 1u) << asl::io::read_file((dir.path() / "log").string());
+    ::kill(rank1[0], SIGKILL);
+    wait_all(run, std::chrono::seconds(240));
+    const std::string text = asl::io::read_file((dir.path() / "log").string());
+    ASSERT_EQ(run[0].code, 0) << text;
+    EXPECT_NE(text.find("resumed from"), std::string::npos) << text;
+    EXPECT_TRUE(fs::exists(dir.path() / "torchrun")) << text;
+    // The restarted group went on to the step limit, 120 steps of 2 per epoch (a stop at an epoch's last
+    // step leaves that epoch's validation to the resumed run).
+    EXPECT_NE(text.find("stopped after step 2/2 of epoch 60"), std::string::npos) << text;
+    EXPECT_EQ(metrics_records(out), 59) << text;
   }
 }
