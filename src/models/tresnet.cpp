@@ -131,9 +131,10 @@ torch::Tensor BottleneckImpl::forward(const torch::Tensor& input) {
   auto out = conv1->forward(input);
   out = conv2.forward<torch::Tensor>(out);
   if (se) out = in_place(options) ? out.mul_(se->gate(out)) : se->forward(out);
-  out = conv3->forward(out);
-  if (in_place(options)) return out.add_(residual).relu_();
-  return (out + residual).relu_();
+  // Fused for inference: one convolution with the residual sum and relu, written over the residual (the
+  // downsample's output, or the block's input, which nothing reads after the block).
+  if (in_place(options)) return conv3->forward_residual_relu(out, residual);
+  return (conv3->forward(out) + residual).relu_();
 }
 
 // ---- TResNetStage --------------------------------------------------------

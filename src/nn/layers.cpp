@@ -298,10 +298,22 @@ torch::Tensor ConvNormActImpl::forward(const torch::Tensor& input) {
   if (options.fused()) {
     const bool use_packed = packed_ && input.device().is_cpu() && input.scalar_type() == packed_->dtype() &&
                             !(torch::GradMode::is_enabled() && input.requires_grad());
-    torch::Tensor out = use_packed ? (*packed_)(input) : functional::conv2d(*conv, input);
-    return activation_inplace(std::move(out), options.activation(), options.activation_param());
+    if (use_packed) return (*packed_)(input);  // the activation is fused into the convolution
+    return activation_inplace(functional::conv2d(*conv, input), options.activation(), options.activation_param());
   }
   return norm->forward(functional::conv2d(*conv, input));
+}
+
+torch::Tensor ConvNormActImpl::forward_residual_relu(const torch::Tensor& input, const torch::Tensor& residual) {
+  const bool outside_autograd = !torch::GradMode::is_enabled() || (!input.requires_grad() && !residual.requires_grad());
+  if (options.fused() && packed_ && outside_autograd && input.device().is_cpu() &&
+      input.scalar_type() == packed_->dtype() && residual.scalar_type() == packed_->dtype() &&
+      residual.is_contiguous(torch::MemoryFormat::ChannelsLast) && residual.dim() == 4 &&
+      residual.size(1) == options.out_channels()) {
+    return packed_->residual_relu(input, residual);
+  }
+  if (!torch::GradMode::is_enabled()) return forward(input).add_(residual).relu_();
+  return (forward(input) + residual).relu_();
 }
 
 std::pair<torch::Tensor, torch::Tensor> ConvNormActImpl::folded_weight_and_bias() const {
@@ -330,8 +342,15 @@ void ConvNormActImpl::pack(std::vector<int64_t> input_size) {
   const auto to_vector = [](torch::ExpandingArray<2> a) { return std::vector<int64_t>{(*a)[0], (*a)[1]}; };
   const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
   TORCH_CHECK(padding != nullptr, "ConvNormAct: pack() needs an explicit padding");
+  ConvEpilogue epilogue;
+  epilogue.alpha = options.activation_param();
+  switch (options.activation()) {
+    case Activation::Identity: epilogue.eltwise = ConvEpilogue::Eltwise::None; break;
+    case Activation::LeakyReLU: epilogue.eltwise = ConvEpilogue::Eltwise::LeakyReLU; break;
+    case Activation::ELU: epilogue.eltwise = ConvEpilogue::Eltwise::ELU; break;
+  }
   packed_ = std::make_shared<const PackedConv2d>(w, conv->bias, to_vector(o.stride()), to_vector(*padding),
-                                                 to_vector(o.dilation()), o.groups(), std::move(input_size));
+                                                 to_vector(o.dilation()), o.groups(), std::move(input_size), epilogue);
 }
 
 void ConvNormActImpl::unpack() { packed_.reset(); }

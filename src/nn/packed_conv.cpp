@@ -4,38 +4,149 @@
 
 #include <string>
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <torch/torch.h>
 
 namespace asl::nn {
 namespace {
 
-// The two ops are registered by libtorch_cpu when it is built with oneDNN; they are looked up, not
-// linked, so that a LibTorch without them still loads (and the fused model runs plain convs).
-struct Ops {
-  c10::optional<c10::OperatorHandle> prepack, run;
-};
-
-const Ops& ops() {
-  static const Ops found = [] {
-    auto& dispatcher = c10::Dispatcher::singleton();
-    Ops o;
-    o.prepack = dispatcher.findSchema({"mkldnn_prepacked::conv2d_prepack", ""});
-    o.run = dispatcher.findSchema({"mkldnn_prepacked::conv2d_run", ""});
-    return o;
-  }();
-  return found;
+const dnnl::engine& cpu_engine() {
+  static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
 }
+
+dnnl::memory::data_type data_type(torch::ScalarType t) {
+  return t == torch::kBFloat16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
+}
+
+dnnl::memory::dims dims_of(const std::vector<int64_t>& v) { return dnnl::memory::dims(v.begin(), v.end()); }
 
 }  // namespace
 
-bool PackedConv2d::available() { return ops().prepack.has_value() && ops().run.has_value(); }
+struct PackedConv2d::Impl {
+  torch::Tensor weight, bias;  // the user's layout (OIHW), kept for shapes prepared later
+  std::vector<int64_t> stride, padding, dilation;
+  int64_t groups = 1;
+  ConvEpilogue epilogue;
+  dnnl::memory::data_type dt;
+
+  struct Prepared {
+    dnnl::convolution_forward::primitive_desc pd;
+    dnnl::convolution_forward conv;
+    dnnl::memory weights;  // in pd.weights_desc()
+    std::vector<int64_t> out_size;
+    size_t scratchpad = 0;
+  };
+  // Keyed by the input shape and whether the residual sum is fused.
+  mutable std::map<std::pair<std::vector<int64_t>, bool>, std::shared_ptr<const Prepared>> prepared;
+  mutable std::mutex mutex;
+
+  std::vector<int64_t> out_size(const std::vector<int64_t>& in) const {
+    const int64_t o = weight.size(0);
+    std::vector<int64_t> out{in[0], o, 0, 0};
+    for (int k = 0; k < 2; ++k) {
+      const int64_t kernel = dilation[k] * (weight.size(2 + k) - 1) + 1;
+      out[2 + k] = (in[2 + k] + 2 * padding[k] - kernel) / stride[k] + 1;
+    }
+    return out;
+  }
+
+  std::shared_ptr<const Prepared> prepare(const std::vector<int64_t>& in, bool residual) const {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = prepared.find({in, residual});
+    if (it != prepared.end()) return it->second;
+    using tag = dnnl::memory::format_tag;
+    const auto& engine = cpu_engine();
+    const std::vector<int64_t> out = out_size(in);
+    TORCH_CHECK(in[1] == weight.size(1) * groups, "PackedConv2d: input has ", in[1], " channels, the weight expects ",
+                weight.size(1) * groups);
+    TORCH_CHECK(out[2] > 0 && out[3] > 0, "PackedConv2d: input ", in, " is too small for the kernel");
+    const dnnl::memory::desc src_md(dims_of(in), dt, tag::nhwc);
+    const dnnl::memory::desc dst_md(dims_of(out), dt, tag::nhwc);
+    dnnl::memory::dims wdims = dims_of(weight.sizes().vec());
+    if (groups > 1) {
+      wdims = {groups, weight.size(0) / groups, weight.size(1), weight.size(2), weight.size(3)};
+    }
+    const dnnl::memory::desc any_weights(wdims, dt, tag::any);
+    const dnnl::memory::desc bias_md = bias.defined() ? dnnl::memory::desc({weight.size(0)}, dt, tag::x)
+                                                      : dnnl::memory::desc();
+    const dnnl::memory::dims dil{dilation[0] - 1, dilation[1] - 1};
+    const dnnl::memory::dims st{stride[0], stride[1]}, pad{padding[0], padding[1]};
+    // The right padding that makes oneDNN's output size the one of torch::conv2d.
+    dnnl::memory::dims pad_r(2);
+    for (int k = 0; k < 2; ++k) {
+      const int64_t kernel = dilation[k] * (weight.size(2 + k) - 1) + 1;
+      pad_r[k] = (out[2 + k] - 1) * stride[k] + kernel - in[2 + k] - padding[k];
+    }
+    const dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                                               src_md, any_weights, bias_md, dst_md, st, dil, pad, pad_r);
+    dnnl::post_ops ops;
+    switch (epilogue.eltwise) {
+      case ConvEpilogue::Eltwise::None: break;
+      case ConvEpilogue::Eltwise::LeakyReLU:
+        ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, static_cast<float>(epilogue.alpha), 0.0f);
+        break;
+      case ConvEpilogue::Eltwise::ELU:
+        ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_elu, static_cast<float>(epilogue.alpha), 0.0f);
+        break;
+    }
+    if (residual) {
+      ops.append_sum(1.0f);
+      ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+    }
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(ops);
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    auto p = std::make_shared<Prepared>();
+    p->pd = dnnl::convolution_forward::primitive_desc(desc, attr, engine);
+    p->conv = dnnl::convolution_forward(p->pd);
+    p->out_size = out;
+    p->scratchpad = p->pd.scratchpad_desc().get_size();
+    // The weights in the kernel's layout, once per layout.
+    for (const auto& [key, other] : prepared) {
+      if (other->pd.weights_desc() == p->pd.weights_desc()) {
+        p->weights = other->weights;
+        break;
+      }
+    }
+    if (!p->weights) {
+      const dnnl::memory::desc user(wdims, dt, groups > 1 ? tag::goihw : tag::oihw);
+      dnnl::memory from(user, engine, weight.data_ptr());
+      p->weights = dnnl::memory(p->pd.weights_desc(), engine);
+      dnnl::stream stream(engine);
+      dnnl::reorder(from, p->weights).execute(stream, from, p->weights);
+      stream.wait();
+    }
+    prepared[{in, residual}] = p;
+    return p;
+  }
+
+  void run(const Prepared& p, const torch::Tensor& input, const torch::Tensor& output) const {
+    const auto& engine = cpu_engine();
+    dnnl::memory src(p.pd.src_desc(), engine, input.data_ptr());
+    dnnl::memory dst(p.pd.dst_desc(), engine, output.data_ptr());
+    const torch::Tensor scratch = torch::empty({static_cast<int64_t>(std::max<size_t>(p.scratchpad, 1))}, torch::kUInt8);
+    dnnl::memory pad(p.pd.scratchpad_desc(), engine, scratch.data_ptr());
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, p.weights}, {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, pad}};
+    dnnl::memory b;
+    if (bias.defined()) {
+      b = dnnl::memory(p.pd.bias_desc(), engine, bias.data_ptr());
+      args.emplace(DNNL_ARG_BIAS, b);
+    }
+    dnnl::stream stream(engine);
+    p.conv.execute(stream, args);
+    stream.wait();
+  }
+};
+
+bool PackedConv2d::available() { return true; }
 
 PackedConv2d::PackedConv2d(const torch::Tensor& weight, const torch::Tensor& bias, std::vector<int64_t> stride,
                            std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
-                           std::vector<int64_t> input_size)
-    : dtype_(weight.scalar_type()) {
-  TORCH_CHECK(available(), "PackedConv2d: this LibTorch has no mkldnn_prepacked convolution");
+                           std::vector<int64_t> input_size, ConvEpilogue epilogue)
+    : impl_(std::make_unique<Impl>()), dtype_(weight.scalar_type()) {
   TORCH_CHECK(weight.dim() == 4 && weight.device().is_cpu(), "PackedConv2d: expected a 4-d CPU weight, got ",
               weight.sizes(), " on ", weight.device());
   TORCH_CHECK(dtype_ == torch::kFloat32 || dtype_ == torch::kBFloat16,
@@ -46,26 +157,54 @@ PackedConv2d::PackedConv2d(const torch::Tensor& weight, const torch::Tensor& bia
   TORCH_CHECK(!bias.defined() || bias.scalar_type() == dtype_, "PackedConv2d: bias dtype ", bias.scalar_type(),
               " differs from weight dtype ", dtype_);
   TORCH_CHECK(input_size.size() == 4, "PackedConv2d: input_size must be N, C, H, W");
-  std::vector<c10::IValue> stack{weight.detach().contiguous(torch::MemoryFormat::ChannelsLast),
-                                 bias.defined() ? c10::optional<torch::Tensor>(bias.detach().contiguous())
-                                                : c10::optional<torch::Tensor>(),
-                                 std::move(stride),
-                                 std::move(padding),
-                                 std::move(dilation),
-                                 groups,
-                                 std::move(input_size),
-                                 std::string("none")};
-  ops().prepack->callBoxed(&stack);
-  TORCH_CHECK(stack.size() == 1, "PackedConv2d: unexpected result of conv2d_prepack");
-  context_ = std::move(stack[0]);
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2 && groups >= 1 &&
+                  weight.size(0) % groups == 0,
+              "PackedConv2d: stride, padding and dilation need 2 values and groups must divide the output channels");
+  Impl& m = *impl_;
+  m.weight = weight.detach().contiguous().clone();
+  if (bias.defined()) m.bias = bias.detach().contiguous().clone();
+  m.stride = std::move(stride);
+  m.padding = std::move(padding);
+  m.dilation = std::move(dilation);
+  m.groups = groups;
+  m.epilogue = epilogue;
+  m.dt = data_type(dtype_);
+  m.prepare(input_size, false);
 }
 
+PackedConv2d::~PackedConv2d() = default;
+
 torch::Tensor PackedConv2d::operator()(const torch::Tensor& input) const {
-  TORCH_CHECK(input.device().is_cpu() && input.scalar_type() == dtype_, "PackedConv2d: expected a CPU ", dtype_,
-              " input, got ", input.scalar_type(), " on ", input.device());
-  std::vector<c10::IValue> stack{input, context_};
-  ops().run->callBoxed(&stack);
-  return stack[0].toTensor();
+  TORCH_CHECK(input.device().is_cpu() && input.scalar_type() == dtype_ && input.dim() == 4,
+              "PackedConv2d: expected a 4-d CPU ", dtype_, " input, got ", input.sizes(), " ", input.scalar_type(),
+              " on ", input.device());
+  const torch::Tensor x = input.contiguous(torch::MemoryFormat::ChannelsLast);
+  const auto p = impl_->prepare(x.sizes().vec(), false);
+  torch::Tensor out = torch::empty(p->out_size, x.options().memory_format(torch::MemoryFormat::ChannelsLast));
+  impl_->run(*p, x, out);
+  return out;
+}
+
+torch::Tensor PackedConv2d::residual_relu(const torch::Tensor& input, torch::Tensor residual) const {
+  TORCH_CHECK(input.device().is_cpu() && input.scalar_type() == dtype_ && input.dim() == 4,
+              "PackedConv2d: expected a 4-d CPU ", dtype_, " input, got ", input.sizes(), " ", input.scalar_type(),
+              " on ", input.device());
+  const torch::Tensor x = input.contiguous(torch::MemoryFormat::ChannelsLast);
+  // oneDNN 2.6's kernels drop the last relu of [activation, sum, relu] (seen with brgconv): the sum is fused
+  // only after a plain convolution (TResNet's block tails), otherwise added here.
+  const bool fuse = impl_->epilogue.eltwise == ConvEpilogue::Eltwise::None;
+  const auto p = impl_->prepare(x.sizes().vec(), fuse);
+  TORCH_CHECK(residual.sizes().vec() == p->out_size && residual.scalar_type() == dtype_ &&
+                  residual.is_contiguous(torch::MemoryFormat::ChannelsLast),
+              "PackedConv2d: the residual must be a channels-last ", dtype_, " tensor of shape ", p->out_size, ", got ",
+              residual.sizes(), " ", residual.scalar_type());
+  if (!fuse) {
+    torch::Tensor out = torch::empty(p->out_size, x.options().memory_format(torch::MemoryFormat::ChannelsLast));
+    impl_->run(*p, x, out);
+    return residual.add_(out).relu_();
+  }
+  impl_->run(*p, x, residual);
+  return residual;
 }
 
 }  // namespace asl::nn

@@ -250,6 +250,38 @@ TEST(PackedConv2d, MatchesConv2dForStridesGroupsSizesAndDtypes) {
                c10::Error);
 }
 
+// The fused epilogues against float64: leaky ReLU / ELU after conv + bias, and a residual block's tail
+// relu(act(conv + bias) + residual) written over the residual; channels-first inputs are accepted too.
+TEST(PackedConv2d, FusedActivationsAndResidualMatchFloat64) {
+  torch::manual_seed(5);
+  using E = asl::nn::ConvEpilogue::Eltwise;
+  const auto weight = torch::randn({24, 16, 3, 3});
+  const auto bias = torch::randn({24});
+  for (const auto& [eltwise, alpha] : std::vector<std::pair<E, double>>{{E::None, 0.0}, {E::LeakyReLU, 0.01},
+                                                                          {E::LeakyReLU, 0.2}, {E::ELU, 1.0}}) {
+    asl::nn::ConvEpilogue epilogue;
+    epilogue.eltwise = eltwise;
+    epilogue.alpha = alpha;
+    const asl::nn::PackedConv2d packed(weight, bias, {1, 1}, {1, 1}, {1, 1}, 1, {1, 16, 14, 14}, epilogue);
+    for (const int64_t batch : {1, 2}) {
+      const auto x = torch::randn({batch, 16, 14, 14});
+      c10::InferenceMode guard;
+      auto expected = torch::conv2d(x.to(torch::kFloat64), weight.to(torch::kFloat64), bias.to(torch::kFloat64), 1, 1);
+      if (eltwise == E::LeakyReLU) expected = torch::leaky_relu(expected, alpha);
+      if (eltwise == E::ELU) expected = torch::elu(expected, alpha);
+      SCOPED_TRACE("eltwise " + std::to_string(static_cast<int>(eltwise)) + " alpha " + std::to_string(alpha));
+      EXPECT_TRUE(close_to_scale(packed(x).to(torch::kFloat64), expected, 1e-5));  // NCHW in
+      const auto residual = torch::randn({batch, 24, 14, 14}).contiguous(torch::MemoryFormat::ChannelsLast);
+      const auto tail = (expected + residual.to(torch::kFloat64)).relu();
+      torch::Tensor target = residual.clone();
+      const auto out = packed.residual_relu(x.contiguous(torch::MemoryFormat::ChannelsLast), target);
+      EXPECT_EQ(out.data_ptr(), target.data_ptr());
+      EXPECT_TRUE(close_to_scale(out.to(torch::kFloat64), tail, 1e-5));
+      EXPECT_THROW(packed.residual_relu(x, torch::zeros({batch, 24, 14, 14})), c10::Error);  // not channels-last
+    }
+  }
+}
+
 TEST(FuseForInference, PrepackedAndPlainConvsAgree) {
   TResNet model(asl::models::model_options("tresnet_m", 80));
   randomise_norms(model, 9);

@@ -213,6 +213,11 @@ class ConvNormActImpl : public torch::nn::Cloneable<ConvNormActImpl> {
   /// bfloat16 and oneDNN cannot run bfloat16 on this CPU (asl::cpu_info().onednn_bf16).
   void pack(std::vector<int64_t> input_size);
   void unpack();
+  /// relu(forward(input) + residual), a residual block's tail. Packed: one oneDNN convolution with the
+  /// sum and relu fused, written into `residual` when it is a channels-last tensor of the output's shape
+  /// and dtype outside autograd (it is overwritten: pass a tensor nothing else reads afterwards);
+  /// otherwise computed out of place.
+  torch::Tensor forward_residual_relu(const torch::Tensor& input, const torch::Tensor& residual);
   bool packed() const { return packed_ != nullptr; }
   ConvNormActOptions options;
   torch::nn::Conv2d conv{nullptr};

@@ -1,36 +1,56 @@
-// A CPU convolution whose weight oneDNN has reordered once, ahead of time (LibTorch's
-// mkldnn_prepacked ops): the plain path reorders every conv weight on every call, which at batch 1
-// costs about as much as the arithmetic of the large late-stage convs.
+// A CPU convolution run by oneDNN (the libdnnl.so.2 LibTorch links) with its weight reordered once, ahead
+// of time, into the layout the chosen kernel reads, and the activation (and a residual sum) fused into it.
+// LibTorch's own conv path reorders every weight on every call (mkldnn_prepacked guesses the layout from
+// the shape alone and misses the channels-last kernels' one), which at batch 1 costs about a tenth of the
+// forward.
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <vector>
 
-#include <ATen/core/ivalue.h>
 #include <torch/types.h>
 
 namespace asl::nn {
 
+/// What the convolution applies to conv + bias before writing its output.
+struct ConvEpilogue {
+  enum class Eltwise { None, LeakyReLU, ELU };
+  Eltwise eltwise = Eltwise::None;
+  /// LeakyReLU's negative slope, ELU's alpha.
+  double alpha = 0;
+};
+
 class PackedConv2d {
  public:
-  /// Whether this LibTorch has the prepacked oneDNN convolution (built with oneDNN).
+  /// Whether packed convolutions can run here (oneDNN is linked: always).
   static bool available();
 
   /// Packs weight (out x in/groups x kh x kw, float32 or bfloat16, CPU) and an optional bias of the
-  /// same dtype. input_size (N, C, H, W) only guides oneDNN's choice of weight layout; any input size
-  /// gives the same results as torch::conv2d. Throws if not available(), or for bfloat16 where oneDNN
-  /// cannot run it (asl::cpu_info().onednn_bf16 false).
+  /// same dtype. input_size (N, C, H, W) is the shape prepared at once; other shapes are prepared on
+  /// their first call (and kept). Results equal torch::conv2d followed by the epilogue's activation up
+  /// to the summation order of the kernels. Throws for another dtype or device, or for bfloat16 where
+  /// oneDNN cannot run it (asl::cpu_info().onednn_bf16 false).
   PackedConv2d(const torch::Tensor& weight, const torch::Tensor& bias, std::vector<int64_t> stride,
                std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
-               std::vector<int64_t> input_size);
+               std::vector<int64_t> input_size, ConvEpilogue epilogue = {});
+  ~PackedConv2d();
 
-  /// conv2d(input, weight, bias, ...) for a CPU input of the packed dtype; channels-last in, channels-last out.
+  /// activation(conv2d(input, weight, bias, ...)) for a CPU input of the packed dtype (made channels-last
+  /// if it is not); channels-last out.
   torch::Tensor operator()(const torch::Tensor& input) const;
+
+  /// relu(activation(conv2d(input, ...)) + residual), written into `residual` (a channels-last contiguous
+  /// tensor of the output's shape and dtype, which is overwritten) and returned: a residual block's tail.
+  torch::Tensor residual_relu(const torch::Tensor& input, torch::Tensor residual) const;
 
   torch::ScalarType dtype() const { return dtype_; }
 
  private:
-  c10::IValue context_;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
   torch::ScalarType dtype_;
 };
 
