@@ -97,13 +97,19 @@ void BM_EvalFusedL448(benchmark::State& state) {
 }
 
 // forward, ASL (the paper's COCO recipe), backward, Adam; bf16 runs forward and loss under CPU autocast.
-template <bool BFloat16>
-void BM_TrainStep(benchmark::State& state) {
+void BM_TrainStepLayout(benchmark::State& state, bool BFloat16, bool channels_last) {
   const int64_t batch = state.range(0);
   auto model = make_model();
   model->train();
+  const auto format = channels_last ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
+  if (channels_last) {
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->parameters()) {
+      if (p.dim() == 4) p.set_data(p.contiguous(format));
+    }
+  }
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-4));
-  const auto x = torch::randn({batch, 3, kSize, kSize});
+  const auto x = torch::randn({batch, 3, kSize, kSize}).contiguous(format);
   const auto targets = (torch::rand({batch, kClasses}) < 0.05).to(torch::kFloat32);
   const auto loss_options = asl::nn::AsymmetricLossOptions().gamma_neg(4).gamma_pos(0).clip(0.05);
   auto step = [&] {
@@ -133,6 +139,13 @@ void BM_TrainStep(benchmark::State& state) {
   set_counters(state, batch);
 }
 
+template <bool BFloat16>
+void BM_TrainStep(benchmark::State& state) {
+  BM_TrainStepLayout(state, BFloat16, false);
+}
+
+void BM_TrainStepChannelsLast(benchmark::State& state) { BM_TrainStepLayout(state, false, true); }
+
 void eval_batches(benchmark::internal::Benchmark* b) {
   b->ArgName("batch")->Arg(1)->Arg(16)->Unit(benchmark::kMillisecond)->UseRealTime();
 }
@@ -148,6 +161,12 @@ BENCHMARK(BM_EvalFusedL448)
     ->UseRealTime();
 BENCHMARK(BM_TrainStep<false>)
     ->Name("tresnet_m_train_step_fp32")
+    ->ArgName("batch")
+    ->Arg(16)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_TrainStepChannelsLast)
+    ->Name("tresnet_m_train_step_cl_fp32")
     ->ArgName("batch")
     ->Arg(16)
     ->Unit(benchmark::kMillisecond)

@@ -44,7 +44,7 @@ void FusedTResNetImpl::prepack() {
   for (const auto& module : model->modules(false)) {
     if (auto* conv = module->as<asl::nn::ConvNormAct>()) {
       // The layout hint: a mid-network size; any input size runs correctly.
-      conv->pack({1, conv->options.in_channels(), 28, 28});
+      conv->pack({1, conv->options.in_channels(), 28, 28}, options.winograd());
     }
   }
 }

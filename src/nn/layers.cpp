@@ -328,7 +328,7 @@ std::pair<torch::Tensor, torch::Tensor> ConvNormActImpl::folded_weight_and_bias(
   return {std::move(weight), std::move(bias)};
 }
 
-void ConvNormActImpl::pack(std::vector<int64_t> input_size) {
+void ConvNormActImpl::pack(std::vector<int64_t> input_size, bool winograd) {
   TORCH_CHECK(options.fused(), "ConvNormAct: pack() needs the fused form");
   packed_.reset();
   const auto& w = conv->weight;
@@ -350,7 +350,8 @@ void ConvNormActImpl::pack(std::vector<int64_t> input_size) {
     case Activation::ELU: epilogue.eltwise = ConvEpilogue::Eltwise::ELU; break;
   }
   packed_ = std::make_shared<const PackedConv2d>(w, conv->bias, to_vector(o.stride()), to_vector(*padding),
-                                                 to_vector(o.dilation()), o.groups(), std::move(input_size), epilogue);
+                                                 to_vector(o.dilation()), o.groups(), std::move(input_size), epilogue,
+                                                 winograd);
 }
 
 void ConvNormActImpl::unpack() { packed_.reset(); }

@@ -211,7 +211,7 @@ class ConvNormActImpl : public torch::nn::Cloneable<ConvNormActImpl> {
   /// changes to conv's parameters are not seen until pack() or unpack() is called again. A no-op
   /// where LibTorch lacks the prepacked op, the weight is not a float32/bfloat16 CPU tensor, or it is
   /// bfloat16 and oneDNN cannot run bfloat16 on this CPU (asl::cpu_info().onednn_bf16).
-  void pack(std::vector<int64_t> input_size);
+  void pack(std::vector<int64_t> input_size, bool winograd = true);
   void unpack();
   /// relu(forward(input) + residual), a residual block's tail. Packed: one oneDNN convolution with the
   /// sum and relu fused, written into `residual` when it is a channels-last tensor of the output's shape

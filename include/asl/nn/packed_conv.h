@@ -31,11 +31,13 @@ class PackedConv2d {
   /// Packs weight (out x in/groups x kh x kw, float32 or bfloat16, CPU) and an optional bias of the
   /// same dtype. input_size (N, C, H, W) is the shape prepared at once; other shapes are prepared on
   /// their first call (and kept). Results equal torch::conv2d followed by the epilogue's activation up
-  /// to the summation order of the kernels. Throws for another dtype or device, or for bfloat16 where
-  /// oneDNN cannot run it (asl::cpu_info().onednn_bf16 false).
+  /// to the summation order of the kernels (and, with `winograd`, the rounding of oneDNN's Winograd
+  /// kernel for float32 3x3 stride-1 convolutions where this CPU has one: about 1e-6 relative). Throws
+  /// for another dtype or device, or for bfloat16 where oneDNN cannot run it
+  /// (asl::cpu_info().onednn_bf16 false).
   PackedConv2d(const torch::Tensor& weight, const torch::Tensor& bias, std::vector<int64_t> stride,
                std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
-               std::vector<int64_t> input_size, ConvEpilogue epilogue = {});
+               std::vector<int64_t> input_size, ConvEpilogue epilogue = {}, bool winograd = true);
   ~PackedConv2d();
 
   /// activation(conv2d(input, weight, bias, ...)) for a CPU input of the packed dtype (made channels-last
