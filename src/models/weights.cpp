@@ -261,7 +261,8 @@ io::StateDict state_in_layout(const TResNet& model, Layout layout) {
                                "it in timm's layout (--layout timm / --save-layout timm)");
     }
     for (const auto& item : io::module_state_dict(*model)) {
-      torch::Tensor value = item.value();
+      // Contiguous, as the published files are, whatever memory format the model computes in.
+      torch::Tensor value = item.value().contiguous();
       if (plain) {
         if (ends_with(item.key(), ".num_batches_tracked")) continue;
         if (const auto n = norms.find(item.key()); n != norms.end()) {
@@ -273,7 +274,7 @@ io::StateDict state_in_layout(const TResNet& model, Layout layout) {
     return out;
   }
   for (const auto& item : io::module_state_dict(*model)) {
-    torch::Tensor value = item.value();
+    torch::Tensor value = item.value().contiguous();
     if (!plain) {
       if (const auto n = norms.find(item.key()); n != norms.end()) value = abs_to_plain(value, n->second);
     }
