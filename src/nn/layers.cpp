@@ -220,9 +220,12 @@ void SqueezeExciteImpl::pretty_print(std::ostream& stream) const {
 }
 
 torch::Tensor SqueezeExciteImpl::gate(const torch::Tensor& input) {
-  auto s = input.mean({2, 3}, /*keepdim=*/true);
-  s = functional::conv2d(*fc1, s).relu_();
-  return functional::conv2d(*fc2, s).sigmoid_();
+  // The 1x1 convolutions of the pooled 1x1 map are matrix products on N x C: linear (GEMM), where the conv
+  // path would run an im2col kernel per call.
+  auto s = input.mean({2, 3});
+  s = functional::linear(s, fc1->weight.flatten(1), fc1->bias).relu_();
+  s = functional::linear(s, fc2->weight.flatten(1), fc2->bias).sigmoid_();
+  return s.view({s.size(0), s.size(1), 1, 1});
 }
 
 torch::Tensor SqueezeExciteImpl::forward(const torch::Tensor& input) { return input * gate(input); }
