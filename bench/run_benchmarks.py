@@ -88,8 +88,25 @@ def tresnet_rows(build, baseline_dir, min_time):
     peers = {}  # (model, size, batch) -> {path: images/s}
 
     def add(model, size, batch, path, ips):
-        peers.setdefault((model, size, batch), {})[path] = ips
+        # The best of the rounds: this machine's speed drifts (other tenants), the best is each path's own.
+        d = peers.setdefault((model, size, batch), {})
+        d[path] = max(d.get(path, 0.0), ips)
 
+    ours = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(ROUNDS):
+            peer_round(asl, ref, modules, baseline_dir, tmp, add)
+            _, times = google_benchmark(binary, min_time, ["--benchmark_filter=eval_fused_cl_fp32|train_step_fp32"])
+            for k, t in times.items():
+                ours[k] = min(ours.get(k, t), t)
+    return tresnet_table(peers, ours)
+
+
+# Peers and asl run alternately this many times; every path's best round is kept.
+ROUNDS = 3
+
+
+def peer_round(asl, ref, modules, baseline_dir, tmp, add):
     for model, size, batches, train in (("tresnet_m", 224, "1,16", True), ("tresnet_l", 448, "1", False)):
         cmd = ["/usr/bin/python3", ref, "time", "--model", model, "--size", str(size), "--batch", batches,
                "--threads", "2", "--seconds", "5", "--json"] + (["--train"] if train else [])
@@ -97,21 +114,23 @@ def tresnet_rows(build, baseline_dir, min_time):
             add(model, size, int(j["batch"]), j["path"], j["images_per_s"])
         if not os.path.isdir(os.path.join(modules, "onnxruntime-node")):
             continue
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt, onnx = os.path.join(tmp, "m.pth"), os.path.join(tmp, "m.onnx")
+        ckpt, onnx = os.path.join(tmp, f"{model}.pth"), os.path.join(tmp, f"{model}_{size}.onnx")
+        if not os.path.exists(onnx):
             subprocess.run(["/usr/bin/python3", ref, "random", ckpt, "--model", model, "--num-classes", "80",
                             "--layout", "published"], check=True, capture_output=True)
             subprocess.run([asl, "export", ckpt, onnx, "--image-size", str(size)], check=True, capture_output=True)
-            out = subprocess.run(["node", os.path.join(baseline_dir, "ort_run.js"), "time", onnx, "--size", str(size),
-                                  "--batch", batches, "--threads", "2", "--seconds", "5", "--json", "--modules",
-                                  modules], check=True, capture_output=True, text=True).stdout
-            for j in json_lines(out):
-                add(model, size, int(j["batch"]), "onnxruntime", j["images_per_s"])
-    _, ours = google_benchmark(binary, min_time, ["--benchmark_filter=eval_fused_cl_fp32|train_step_fp32"])
+        out = subprocess.run(["node", os.path.join(baseline_dir, "ort_run.js"), "time", onnx, "--size", str(size),
+                              "--batch", batches, "--threads", "2", "--seconds", "5", "--json", "--modules",
+                              modules], check=True, capture_output=True, text=True).stdout
+        for j in json_lines(out):
+            add(model, size, int(j["batch"]), "onnxruntime", j["images_per_s"])
+
+
+def tresnet_table(peers, ours):
     mine = {("tresnet_m", 224, 1): ours.get("tresnet_m_eval_fused_cl_fp32/batch:1"),
             ("tresnet_m", 224, 16): ours.get("tresnet_m_eval_fused_cl_fp32/batch:16"),
             ("tresnet_l", 448, 1): ours.get("tresnet_l448_eval_fused_cl_fp32/batch:1")}
-    rows = []
+    rows = [f"TResNet float32, 2 threads: best of {ROUNDS} alternating rounds of every path"]
     for (model, size, batch), t in mine.items():
         p = peers.get((model, size, batch), {})
         if t is None:

@@ -21,6 +21,7 @@
 #include "asl/metrics/map.h"
 #include "asl/models/registry.h"
 #include "asl/nn/autocast.h"
+#include "asl/runtime.h"
 #include "asl/train/augment.h"
 #include "asl/train/ema.h"
 #include "asl/train/optimizer.h"
@@ -85,6 +86,8 @@ std::vector<int64_t> epoch_order(uint64_t seed, int64_t epoch, int64_t n) {
 uint64_t image_seed(uint64_t seed, int64_t epoch, int64_t position) {
   return mix(mix(mix(seed, 0x4155474DULL), static_cast<uint64_t>(epoch)), static_cast<uint64_t>(position));
 }
+
+bool channels_last_training() { return cpu_info().onednn_isa.rfind("avx512", 0) == 0; }
 
 std::vector<int64_t> shard_positions(int64_t n, int64_t world, int64_t rank, int64_t begin) {
   if (n < 1 || world < 1 || rank < 0 || rank >= world || begin < 0) {
@@ -218,6 +221,10 @@ struct Trainer::State {
   // `global_step` is the one-cycle schedule's step in this world's steps.
   int64_t epoch_base = 0;
   int64_t base_step = 0;
+  bool channels_last = false;
+  torch::MemoryFormat memory_format() const {
+    return channels_last ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
+  }
 
   // Steps of the current epoch in this world: those before the base, then the rest of the order sharded.
   int64_t epoch_steps() const {
@@ -536,7 +543,7 @@ struct Trainer::State {
     while (auto batch = loader.next()) {
       const int64_t b = batch->images.size(0);
       asl::nn::BFloat16Autocast autocast(o.amp());
-      const torch::Tensor images = batch->images.contiguous(torch::MemoryFormat::ChannelsLast);
+      const torch::Tensor images = batch->images.contiguous(memory_format());
       regular.narrow(0, done, b).copy_(torch::sigmoid(model->forward(images).to(torch::kFloat32)));
       averaged.narrow(0, done, b).copy_(torch::sigmoid(e->forward(images).to(torch::kFloat32)));
       done += b;
@@ -655,7 +662,7 @@ struct Trainer::State {
       torch::Tensor logits;
       {
         asl::nn::BFloat16Autocast autocast(o.amp());
-        logits = model->forward(batch->images.contiguous(torch::MemoryFormat::ChannelsLast));
+        logits = model->forward(batch->images.contiguous(memory_format()));
       }
       const torch::Tensor loss =
           nn::functional::asymmetric_loss_optimized(logits.to(torch::kFloat32), batch->targets, o.loss());
@@ -806,10 +813,11 @@ Trainer::Trainer(LabeledImages train, LabeledImages val, TrainerOptions options,
     list("shape-mismatched (kept initialised)", report.mismatched);
     s.message(note);
   }
-  // Channels-last: oneDNN's convolutions (forward and both backward passes) run on NHWC activations
-  // without reordering them around every conv, ~10-15 % faster per float32 step here. The values are
-  // the same model's; checkpoints are written contiguous (the published layout).
-  {
+  // Channels-last where it pays (channels_last_training): oneDNN's convolutions, forward and both backward
+  // passes, run on NHWC activations without reordering them around every conv. Checkpoints are written
+  // contiguous (the published layout).
+  s.channels_last = channels_last_training();
+  if (s.channels_last) {
     torch::NoGradGuard no_grad;
     for (auto& p : s.model->parameters()) {
       if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
