@@ -24,7 +24,8 @@ def google_benchmark(binary, min_time, extra=()):
     # Medians of 5 repetitions: the Python baselines report medians too, and a median is not pulled by the
     # occasional slow stretch of a shared machine.
     data = run_json([binary, "--benchmark_format=json", f"--benchmark_min_time={min_time}",
-                     "--benchmark_repetitions=5", "--benchmark_report_aggregates_only=true", *extra])
+                     "--benchmark_repetitions=5", "--benchmark_enable_random_interleaving=true",
+                     "--benchmark_report_aggregates_only=true", *extra])
     times = {}
     for b in data["benchmarks"]:
         if b.get("aggregate_name") != "median":

@@ -64,37 +64,42 @@ void BM_EvalUnfused(benchmark::State& state) {
   set_counters(state, batch);
 }
 
-template <bool BFloat16>
-void BM_EvalFused(benchmark::State& state) {
+// A fused model of `name` at `size` with `options`, timed on random images.
+void eval_fused(benchmark::State& state, const std::string& name, int64_t size, const asl::models::FuseOptions& options) {
   const int64_t batch = state.range(0);
-  auto model = make_model();
+  auto model = name == "tresnet_m" ? make_model() : make_model(asl::models::model_options(name, kClasses));
   model->eval();
-  auto fused = asl::models::fuse_for_inference(
-      model, asl::models::FuseOptions().dtype(BFloat16 ? torch::kBFloat16 : torch::kFloat32));
-  const auto x = torch::randn({batch, 3, kSize, kSize});
-  if (BFloat16) label_bf16(state);
-  fused->forward(x);  // warm-up
+  auto fused = asl::models::fuse_for_inference(model, options);
+  const auto x = torch::randn({batch, 3, size, size});
+  if (options.dtype() == torch::kBFloat16) label_bf16(state);
+  fused->forward(x);  // warm-up: primitives and their weight layouts for this shape
   for (auto _ : state) {
     auto y = fused->forward(x);
     benchmark::DoNotOptimize(y.data_ptr());
   }
-  set_counters(state, batch);
+  if (name == "tresnet_m" && size == kSize) {
+    set_counters(state, batch);
+  } else {
+    state.counters["images/s"] =
+        benchmark::Counter(static_cast<double>(batch * state.iterations()), benchmark::Counter::kIsRate);
+  }
+}
+
+template <bool BFloat16>
+void BM_EvalFused(benchmark::State& state) {
+  eval_fused(state, "tresnet_m", kSize, asl::models::FuseOptions().dtype(BFloat16 ? torch::kBFloat16 : torch::kFloat32));
+}
+
+// The same without Winograd (oneDNN's direct kernels only): what FuseOptions::winograd buys.
+void BM_EvalFusedDirect(benchmark::State& state) {
+  eval_fused(state, "tresnet_m", kSize, asl::models::FuseOptions().winograd(false));
 }
 
 // The published COCO model's case: TResNet-L at 448, fused float32 (batch 1, where latency matters).
-void BM_EvalFusedL448(benchmark::State& state) {
-  const int64_t batch = state.range(0), size = 448;
-  auto model = make_model(asl::models::model_options("tresnet_l", kClasses));
-  model->eval();
-  auto fused = asl::models::fuse_for_inference(model, asl::models::FuseOptions().dtype(torch::kFloat32));
-  const auto x = torch::randn({batch, 3, size, size});
-  fused->forward(x);  // warm-up
-  for (auto _ : state) {
-    auto y = fused->forward(x);
-    benchmark::DoNotOptimize(y.data_ptr());
-  }
-  state.counters["images/s"] =
-      benchmark::Counter(static_cast<double>(batch * state.iterations()), benchmark::Counter::kIsRate);
+void BM_EvalFusedL448(benchmark::State& state) { eval_fused(state, "tresnet_l", 448, asl::models::FuseOptions()); }
+
+void BM_EvalFusedL448Direct(benchmark::State& state) {
+  eval_fused(state, "tresnet_l", 448, asl::models::FuseOptions().winograd(false));
 }
 
 // forward, ASL (the paper's COCO recipe), backward, Adam; bf16 runs forward and loss under CPU autocast.
@@ -155,9 +160,16 @@ void eval_batches(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_EvalUnfused)->Name("tresnet_m_eval_unfused_nchw_fp32")->Apply(eval_batches);
 BENCHMARK(BM_EvalFused<false>)->Name("tresnet_m_eval_fused_cl_fp32")->Apply(eval_batches);
+BENCHMARK(BM_EvalFusedDirect)->Name("tresnet_m_eval_fused_cl_direct_fp32")->Apply(eval_batches);
 BENCHMARK(BM_EvalFused<true>)->Name("tresnet_m_eval_fused_cl_bf16")->Apply(eval_batches);
 BENCHMARK(BM_EvalFusedL448)
     ->Name("tresnet_l448_eval_fused_cl_fp32")
+    ->ArgName("batch")
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_EvalFusedL448Direct)
+    ->Name("tresnet_l448_eval_fused_cl_direct_fp32")
     ->ArgName("batch")
     ->Arg(1)
     ->Unit(benchmark::kMillisecond)

@@ -104,8 +104,8 @@ struct PackedConv2d::Impl {
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     auto p = std::make_shared<Prepared>();
     // Winograd (F(2x2,3x3) or F(4x4,3x3), oneDNN's avx512_core kernels) for float32 3x3 stride-1 convolutions
-    // without a fused sum: 1.7-2.7x the direct kernel here, within the fused model's tolerances. Where
-    // oneDNN has no such kernel (AVX2, bfloat16) the direct one is used.
+    // without a fused sum (tresnet_bench's *_direct_fp32 rows show the difference). Where oneDNN has no
+    // such kernel (AVX2, bfloat16) the direct one is used.
     const bool wino_shape = winograd && !residual && dt == dnnl::memory::data_type::f32 && groups == 1 &&
                             weight.size(2) == 3 && weight.size(3) == 3 && stride[0] == 1 && stride[1] == 1 &&
                             dilation[0] == 1 && dilation[1] == 1;

@@ -32,7 +32,7 @@ class PackedConv2d {
   /// same dtype. input_size (N, C, H, W) is the shape prepared at once; other shapes are prepared on
   /// their first call (and kept). Results equal torch::conv2d followed by the epilogue's activation up
   /// to the summation order of the kernels (and, with `winograd`, the rounding of oneDNN's Winograd
-  /// kernel for float32 3x3 stride-1 convolutions where this CPU has one: about 1e-6 relative). Throws
+  /// kernel for float32 3x3 stride-1 convolutions where this CPU has one). Throws
   /// for another dtype or device, or for bfloat16 where oneDNN cannot run it
   /// (asl::cpu_info().onednn_bf16 false).
   PackedConv2d(const torch::Tensor& weight, const torch::Tensor& bias, std::vector<int64_t> stride,
