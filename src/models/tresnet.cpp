@@ -55,7 +55,7 @@ torch::nn::Sequential make_downsample(const TResNetBlockOptions& o, int64_t out_
 bool in_place(const TResNetBlockOptions& o) { return o.fused() && !torch::GradMode::is_enabled(); }
 
 torch::Tensor fused_tail(torch::Tensor& out, SqueezeExcite& se, const torch::Tensor& residual) {
-  if (se) out.mul_(se->gate(out));
+  if (se) se->scale_(out);
   return out.add_(residual).relu_();
 }
 
@@ -130,7 +130,7 @@ torch::Tensor BottleneckImpl::forward(const torch::Tensor& input) {
   const auto residual = downsample ? downsample->forward(input) : input;
   auto out = conv1->forward(input);
   out = conv2.forward<torch::Tensor>(out);
-  if (se) out = in_place(options) ? out.mul_(se->gate(out)) : se->forward(out);
+  if (se) out = in_place(options) ? se->scale_(out) : se->forward(out);
   // Fused for inference: one convolution with the residual sum and relu, written over the residual (the
   // downsample's output, or the block's input, which nothing reads after the block).
   if (in_place(options)) return conv3->forward_residual_relu(out, residual);

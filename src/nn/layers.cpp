@@ -1,6 +1,7 @@
 #include "asl/nn/layers.h"
 
 #include "asl/nn/packed_conv.h"
+#include "cpu/cl_kernels.h"
 #include "asl/runtime.h"
 
 #include <stdexcept>
@@ -198,6 +199,10 @@ void BlurPoolImpl::pretty_print(std::ostream& stream) const {
 torch::Tensor BlurPoolImpl::forward(const torch::Tensor& input) {
   TORCH_CHECK(input.dim() == 4 && input.size(1) == options.channels(), "BlurPool: expected N x ",
               options.channels(), " x H x W input, got shape ", input.sizes());
+  if (options.stride() == 2 && cpu::channels_last_kernel_input(input) && input.size(2) >= 2 && input.size(3) >= 2 &&
+      !(torch::GradMode::is_enabled() && input.requires_grad())) {
+    return cpu::blur_pool2(input);  // one pass, no padded copy (cl_kernels.h)
+  }
   return functional::blur_pool(input, options.stride());
 }
 
@@ -229,6 +234,15 @@ torch::Tensor SqueezeExciteImpl::gate(const torch::Tensor& input) {
 }
 
 torch::Tensor SqueezeExciteImpl::forward(const torch::Tensor& input) { return input * gate(input); }
+
+torch::Tensor& SqueezeExciteImpl::scale_(torch::Tensor& input) {
+  const bool own = cpu::channels_last_kernel_input(input) &&
+                   !(torch::GradMode::is_enabled() && (input.requires_grad() || fc1->weight.requires_grad())) &&
+                   fc1->weight.scalar_type() == input.scalar_type() && fc2->weight.scalar_type() == input.scalar_type();
+  if (!own) return input.mul_(gate(input));
+  cpu::squeeze_excite_(input, fc1->weight, fc1->bias, fc2->weight, fc2->bias);
+  return input;
+}
 
 // ---- ActivatedBatchNorm --------------------------------------------------
 

@@ -1,6 +1,7 @@
 #include "asl/nn/packed_conv.h"
 
 #include "asl/runtime.h"
+#include "cpu/cl_kernels.h"
 
 #include <string>
 
@@ -41,6 +42,9 @@ struct PackedConv2d::Impl {
     // Winograd: the kernel reads and writes nChw16c; channels-last is reordered in and out around it.
     bool blocked = false;
     bool activation_after = false;  // oneDNN's Winograd kernels take no leaky ReLU / ELU post-op
+    // The blocked output is copied back to channels-last by asl's loop (cl_kernels.h), which applies the
+    // activation on the way (one pass instead of oneDNN's reorder and then the activation).
+    bool own_unblock = false;
     dnnl::memory::desc user_src, user_dst;
     dnnl::reorder to_blocked, from_blocked;
   };
@@ -119,7 +123,8 @@ struct PackedConv2d::Impl {
         plain.set_scratchpad_mode(dnnl::scratchpad_mode::user);
         p->pd = dnnl::convolution_forward::primitive_desc(wdesc, plain, engine);
         p->blocked = true;
-        p->activation_after = epilogue.eltwise != ConvEpilogue::Eltwise::None;
+        p->own_unblock = out[1] % 16 == 0;
+        p->activation_after = !p->own_unblock && epilogue.eltwise != ConvEpilogue::Eltwise::None;
         p->user_src = src_md;
         p->user_dst = dst_md;
         p->to_blocked = dnnl::reorder(dnnl::reorder::primitive_desc(engine, src_md, engine, p->pd.src_desc()));
@@ -184,8 +189,15 @@ struct PackedConv2d::Impl {
       args.emplace(DNNL_ARG_BIAS, b);
     }
     p.conv.execute(stream, args);
-    if (p.blocked) p.from_blocked.execute(stream, dst, user_dst);
+    if (p.blocked && !p.own_unblock) p.from_blocked.execute(stream, dst, user_dst);
     stream.wait();
+    if (p.own_unblock) {
+      const int act = epilogue.eltwise == ConvEpilogue::Eltwise::LeakyReLU ? 1
+                      : epilogue.eltwise == ConvEpilogue::Eltwise::ELU     ? 2
+                                                                           : 0;
+      cpu::unblock16(dt == dnnl::memory::data_type::bf16, blocked_dst.data_ptr(), output.data_ptr(), p.out_size[0],
+                     p.out_size[2] * p.out_size[3], p.out_size[1], act, static_cast<float>(epilogue.alpha));
+    }
   }
 };
 

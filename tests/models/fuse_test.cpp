@@ -255,10 +255,13 @@ TEST(PackedConv2d, MatchesConv2dForStridesGroupsSizesAndDtypes) {
 TEST(PackedConv2d, FusedActivationsAndResidualMatchFloat64) {
   torch::manual_seed(5);
   using E = asl::nn::ConvEpilogue::Eltwise;
-  const auto weight = torch::randn({24, 16, 3, 3});
-  const auto bias = torch::randn({24});
+  // 24 output channels, and 32 (a multiple of 16: where the Winograd kernel runs, asl's own loop copies
+  // its blocked output back to channels-last and applies the activation).
+  for (const int64_t out_channels : {24, 32})
   for (const auto& [eltwise, alpha] : std::vector<std::pair<E, double>>{{E::None, 0.0}, {E::LeakyReLU, 0.01},
                                                                           {E::LeakyReLU, 0.2}, {E::ELU, 1.0}}) {
+    const auto weight = torch::randn({out_channels, 16, 3, 3});
+    const auto bias = torch::randn({out_channels});
     asl::nn::ConvEpilogue epilogue;
     epilogue.eltwise = eltwise;
     epilogue.alpha = alpha;
@@ -269,15 +272,16 @@ TEST(PackedConv2d, FusedActivationsAndResidualMatchFloat64) {
       auto expected = torch::conv2d(x.to(torch::kFloat64), weight.to(torch::kFloat64), bias.to(torch::kFloat64), 1, 1);
       if (eltwise == E::LeakyReLU) expected = torch::leaky_relu(expected, alpha);
       if (eltwise == E::ELU) expected = torch::elu(expected, alpha);
-      SCOPED_TRACE("eltwise " + std::to_string(static_cast<int>(eltwise)) + " alpha " + std::to_string(alpha));
+      SCOPED_TRACE("eltwise " + std::to_string(static_cast<int>(eltwise)) + " alpha " + std::to_string(alpha) +
+                   " channels " + std::to_string(out_channels));
       EXPECT_TRUE(close_to_scale(packed(x).to(torch::kFloat64), expected, 1e-5));  // NCHW in
-      const auto residual = torch::randn({batch, 24, 14, 14}).contiguous(torch::MemoryFormat::ChannelsLast);
+      const auto residual = torch::randn({batch, out_channels, 14, 14}).contiguous(torch::MemoryFormat::ChannelsLast);
       const auto tail = (expected + residual.to(torch::kFloat64)).relu();
       torch::Tensor target = residual.clone();
       const auto out = packed.residual_relu(x.contiguous(torch::MemoryFormat::ChannelsLast), target);
       EXPECT_EQ(out.data_ptr(), target.data_ptr());
       EXPECT_TRUE(close_to_scale(out.to(torch::kFloat64), tail, 1e-5));
-      EXPECT_THROW(packed.residual_relu(x, torch::zeros({batch, 24, 14, 14})), c10::Error);  // not channels-last
+      EXPECT_THROW(packed.residual_relu(x, torch::zeros({batch, out_channels, 14, 14})), c10::Error);  // not channels-last
     }
   }
 }

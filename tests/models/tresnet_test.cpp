@@ -294,6 +294,66 @@ torch::Tensor bf16_value(const torch::Tensor& t) { return t.to(torch::kBFloat16)
 // relative) of the exact sum of the rounded operands, plus float32 summation order (~1e-6 of the scale).
 constexpr double kBf16OneRounding = 1.0 / 256;
 
+// Inference on channels-last float32/bfloat16 (no autograd) runs asl's own blur loop: against the float64
+// blur (checked against the formula above) of the same values, for odd and even sizes and channel counts
+// below, at and above a vector's width.
+TEST(Layers, BlurPoolChannelsLastLoopMatchesFloat64) {
+  torch::manual_seed(11);
+  for (const auto& shape : std::vector<std::vector<int64_t>>{{2, 5, 7, 6}, {1, 48, 8, 8}, {3, 20, 2, 3}, {1, 64, 15, 14}}) {
+    SCOPED_TRACE(c10::str(shape));
+    asl::nn::BlurPool blur{asl::nn::BlurPoolOptions(shape[1])};
+    const auto x64 = torch::randn(shape, torch::kFloat64);
+    const auto expected = blur->forward(x64);
+    torch::NoGradGuard no_grad;
+    const auto y32 = blur->forward(x64.to(torch::kFloat32).contiguous(torch::MemoryFormat::ChannelsLast));
+    EXPECT_TRUE(y32.is_contiguous(torch::MemoryFormat::ChannelsLast));
+    EXPECT_EQ(y32.scalar_type(), torch::kFloat32);
+    EXPECT_TRUE(close_to_scale(y32, expected, 1e-6));
+    const auto xb = x64.to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast);
+    const auto yb = blur->forward(xb);
+    EXPECT_EQ(yb.scalar_type(), torch::kBFloat16);
+    EXPECT_TRUE(close_to_scale(yb, blur->forward(bf16_value(x64)), kBf16OneRounding));
+  }
+}
+
+// SqueezeExcite::scale_ (the fused blocks' in-place gate) against a float64 computation of
+// x * sigmoid(fc2(relu(fc1(mean(x))))) from the module's weights, float32 and bfloat16, channels-last
+// (asl's loop) and NCHW (mul_ of the gate).
+TEST(Layers, SqueezeExciteInPlaceMatchesFloat64) {
+  torch::manual_seed(12);
+  for (const auto& [c, r, hw] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{64, 64, 9}, {40, 24, 5}, {256, 64, 3}}) {
+    SCOPED_TRACE("C " + std::to_string(c) + " R " + std::to_string(r) + " HW " + std::to_string(hw));
+    asl::nn::SqueezeExcite se(asl::nn::SqueezeExciteOptions(c, r));
+    torch::NoGradGuard no_grad;
+    for (auto& p : se->parameters()) p.uniform_(-0.3, 0.3);
+    const auto x = torch::randn({2, c, hw, hw + 1});
+    const auto reference = [&](const torch::Tensor& input, asl::nn::SqueezeExcite& m) {
+      const auto xd = input.to(torch::kFloat64);
+      auto s = xd.mean({2, 3});
+      s = torch::relu(torch::linear(s, m->fc1->weight.flatten(1).to(torch::kFloat64), m->fc1->bias.to(torch::kFloat64)));
+      s = torch::sigmoid(torch::linear(s, m->fc2->weight.flatten(1).to(torch::kFloat64), m->fc2->bias.to(torch::kFloat64)));
+      return xd * s.view({2, c, 1, 1});
+    };
+    for (const auto format : {torch::MemoryFormat::ChannelsLast, torch::MemoryFormat::Contiguous}) {
+      auto x32 = x.contiguous(format);
+      const auto expected = reference(x32, se);
+      const auto* data = x32.data_ptr();
+      se->scale_(x32);
+      EXPECT_EQ(x32.data_ptr(), data);  // in place
+      EXPECT_TRUE(close_to_scale(x32, expected, 1e-5));
+    }
+    auto seb = std::dynamic_pointer_cast<asl::nn::SqueezeExciteImpl>(se->clone());
+    asl::nn::SqueezeExcite se_bf16(seb);
+    se_bf16->to(torch::kBFloat16);
+    auto xb = x.to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast);
+    const auto expected = reference(xb, se_bf16);  // from the rounded operands
+    se_bf16->scale_(xb);
+    EXPECT_EQ(xb.scalar_type(), torch::kBFloat16);
+    // One rounding of the product, plus the gate's float32 sums.
+    EXPECT_TRUE(close_to_scale(xb, expected, kBf16OneRounding));
+  }
+}
+
 TEST(Layers, Bfloat16ConvAndLinearRunOnEveryCpu) {
   // oneDNN runs bfloat16 from AVX-512 up; below it (AVX2 CPUs, or DNNL_MAX_CPU_ISA=AVX2) asl emulates.
   const bool emulated = !asl::cpu_info().onednn_bf16;

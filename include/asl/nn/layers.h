@@ -168,6 +168,9 @@ class SqueezeExciteImpl : public torch::nn::Cloneable<SqueezeExciteImpl> {
   torch::Tensor forward(const torch::Tensor& input);
   /// The per-channel gate sigmoid(fc2(relu(fc1(mean(input))))), N x C x 1 x 1: forward is input * gate.
   torch::Tensor gate(const torch::Tensor& input);
+  /// input *= gate(input), in place, for a tensor outside autograd (inference); channels-last CPU
+  /// float32/bfloat16 runs asl's own loop (float32 sums, one rounding), anything else mul_.
+  torch::Tensor& scale_(torch::Tensor& input);
   SqueezeExciteOptions options;
   torch::nn::Conv2d fc1{nullptr};
   torch::nn::Conv2d fc2{nullptr};

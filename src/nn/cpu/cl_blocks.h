@@ -1,0 +1,43 @@
+// Raw-pointer loops over channels-last activations (each pixel's C values contiguous), compiled once per
+// instruction set like asl_loss_blocks.h (no torch headers). Element type float32 or bfloat16 (held as
+// its 16 bits); every sum is accumulated in float32, bfloat16 results are rounded to nearest even once.
+// They serve the fused inference path (squeeze-excite, blur pool, the Winograd convolutions' output) and
+// the training path's batch norm with its activation (cl_kernels.h wraps them for tensors and threads).
+#pragma once
+
+#include <cstdint>
+
+namespace asl::nn::cpu {
+
+/// Element types of the loops.
+enum class ClType { F32, BF16 };
+
+struct ClKernels {
+  const char* isa;
+  /// sum[c] += x[p * c_count + c] over pixels p in [0, pixels).
+  void (*channel_sum)(ClType t, const void* x, int64_t pixels, int64_t c_count, float* sum);
+  /// x[p * c_count + c] *= gate[c] over pixels p in [0, pixels) (in place).
+  void (*channel_scale)(ClType t, void* x, int64_t pixels, int64_t c_count, const float* gate);
+  /// out[r] = bias[r] + sum_c w[r * c_count + c] * in[c] for r in [0, rows); w and bias of type t
+  /// (bias may be null), then relu (act 1) or sigmoid (act 2) or nothing (act 0).
+  void (*gemv)(ClType t, const void* w, const void* bias, const float* in, int64_t rows, int64_t c_count,
+               int act, float* out);
+  /// Rows [row_begin, row_end) of the 3x3 binomial blur ([1 2 1] x [1 2 1] / 16) with stride 2 over one
+  /// h x w x c image, reflect padding 1; out is oh x ow x c with oh = (h - 1) / 2 + 1, ow likewise.
+  /// tmp holds w * c floats.
+  void (*blur2)(ClType t, const void* x, int64_t h, int64_t w, int64_t c_count, void* out, int64_t row_begin,
+                int64_t row_end, float* tmp);
+  /// nChw16c -> nhwc for one image's pixels [p_begin, p_end) (c_count % 16 == 0, hw pixels per
+  /// channel block), applying leaky ReLU with `slope` (act 1), ELU with alpha `slope` (act 2) or nothing.
+  void (*unblock16)(ClType t, const void* src, void* dst, int64_t hw, int64_t c_count, int64_t p_begin,
+                    int64_t p_end, int act, float slope);
+};
+
+namespace isa_avx512 { ClKernels cl_kernels(); }
+namespace isa_avx2 { ClKernels cl_kernels(); }
+namespace isa_base { ClKernels cl_kernels(); }
+
+/// The loops for the best instruction set this CPU supports (chosen once).
+const ClKernels& cl_kernels();
+
+}  // namespace asl::nn::cpu

@@ -1,0 +1,130 @@
+#include "cl_kernels.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "cl_blocks.h"
+
+namespace asl::nn::cpu {
+
+const ClKernels& cl_kernels() {
+  static const ClKernels chosen = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
+      return isa_avx512::cl_kernels();
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return isa_avx2::cl_kernels();
+    return isa_base::cl_kernels();
+  }();
+  return chosen;
+}
+
+namespace {
+
+ClType cl_type(const torch::Tensor& t) { return t.scalar_type() == torch::kBFloat16 ? ClType::BF16 : ClType::F32; }
+
+// Pixels per task: enough work to pay for a thread hand-off, few enough to spread a small map.
+int64_t pixel_grain(int64_t c) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(c, 1)); }
+
+}  // namespace
+
+bool channels_last_kernel_input(const torch::Tensor& x) {
+  return x.defined() && x.device().is_cpu() && x.dim() == 4 &&
+         (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16) &&
+         x.is_contiguous(torch::MemoryFormat::ChannelsLast);
+}
+
+void squeeze_excite_(torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1, const torch::Tensor& w2,
+                     const torch::Tensor& b2) {
+  TORCH_CHECK(channels_last_kernel_input(x), "squeeze_excite_: expected a channels-last float32/bfloat16 CPU tensor");
+  const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+  const int64_t r = w1.size(0);
+  TORCH_CHECK(w1.numel() == r * c && w2.numel() == c * r && b1.numel() == r && b2.numel() == c,
+              "squeeze_excite_: weights ", w1.sizes(), " / ", w2.sizes(), " do not fit ", c, " channels");
+  for (const auto* t : {&w1, &b1, &w2, &b2}) {
+    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device().is_cpu(),
+                "squeeze_excite_: weights must be CPU tensors of the input's dtype");
+  }
+  const auto cw1 = w1.contiguous(), cb1 = b1.contiguous(), cw2 = w2.contiguous(), cb2 = b2.contiguous();
+  const auto& k = cl_kernels();
+  const ClType t = cl_type(x);
+  const size_t elem = x.element_size();
+  auto* base = static_cast<char*>(x.data_ptr());
+  // Pooled sums, one partial per chunk of pixels (per image), added in chunk order (deterministic).
+  const int64_t grain = pixel_grain(c);
+  const int64_t chunks = (hw + grain - 1) / grain;
+  std::vector<float> partial(static_cast<size_t>(n * chunks * c), 0.0f);
+  at::parallel_for(0, n * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t img = i / chunks, p0 = (i % chunks) * grain, p1 = std::min(hw, p0 + grain);
+      k.channel_sum(t, base + ((img * hw + p0) * c) * elem, p1 - p0, c, partial.data() + i * c);
+    }
+  });
+  std::vector<float> gate(static_cast<size_t>(n * c)), hidden(static_cast<size_t>(r)), pooled(static_cast<size_t>(c));
+  for (int64_t img = 0; img < n; ++img) {
+    std::fill(pooled.begin(), pooled.end(), 0.0f);
+    for (int64_t j = 0; j < chunks; ++j) {
+      const float* s = partial.data() + (img * chunks + j) * c;
+      for (int64_t q = 0; q < c; ++q) pooled[q] += s[q];
+    }
+    for (auto& v : pooled) v /= static_cast<float>(hw);
+    k.gemv(t, cw1.data_ptr(), cb1.data_ptr(), pooled.data(), r, c, 1, hidden.data());
+    k.gemv(t, cw2.data_ptr(), cb2.data_ptr(), hidden.data(), c, r, 2, gate.data() + img * c);
+  }
+  at::parallel_for(0, n * hw, grain, [&](int64_t begin, int64_t end) {
+    // Pixels [begin, end) of the flattened batch, split where an image ends.
+    for (int64_t p = begin; p < end;) {
+      const int64_t img = p / hw, stop = std::min(end, (img + 1) * hw);
+      k.channel_scale(t, base + p * c * elem, stop - p, c, gate.data() + img * c);
+      p = stop;
+    }
+  });
+}
+
+torch::Tensor blur_pool2(const torch::Tensor& x) {
+  TORCH_CHECK(channels_last_kernel_input(x), "blur_pool2: expected a channels-last float32/bfloat16 CPU tensor");
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  TORCH_CHECK(h >= 2 && w >= 2, "blur_pool2: reflect padding needs H, W >= 2, got shape ", x.sizes());
+  const int64_t oh = (h - 1) / 2 + 1, ow = (w - 1) / 2 + 1;
+  auto out = torch::empty({n, c, oh, ow}, x.options().memory_format(torch::MemoryFormat::ChannelsLast));
+  const auto& k = cl_kernels();
+  const ClType t = cl_type(x);
+  const size_t elem = x.element_size();
+  const auto* in = static_cast<const char*>(x.data_ptr());
+  auto* dst = static_cast<char*>(out.data_ptr());
+  at::parallel_for(0, n * oh, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> tmp(static_cast<size_t>(w * c));
+    for (int64_t i = begin; i < end;) {
+      const int64_t img = i / oh, stop = std::min(end, (img + 1) * oh);
+      k.blur2(t, in + img * h * w * c * elem, h, w, c, dst + img * oh * ow * c * elem, i - img * oh, stop - img * oh,
+              tmp.data());
+      i = stop;
+    }
+  });
+  return out;
+}
+
+void unblock16(bool bf16, const void* src, void* dst, int64_t n, int64_t hw, int64_t c, int act, float slope) {
+  TORCH_CHECK(c % 16 == 0, "unblock16: channels must be a multiple of 16, got ", c);
+  const auto& k = cl_kernels();
+  const ClType t = bf16 ? ClType::BF16 : ClType::F32;
+  const size_t elem = bf16 ? 2 : 4;
+  const auto* s = static_cast<const char*>(src);
+  auto* d = static_cast<char*>(dst);
+  at::parallel_for(0, n * hw, pixel_grain(c), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end;) {
+      const int64_t img = p / hw, stop = std::min(end, (img + 1) * hw);
+      k.unblock16(t, s + img * hw * c * elem, d + img * hw * c * elem, hw, c, p - img * hw, stop - img * hw, act,
+                  slope);
+      p = stop;
+    }
+  });
+}
+
+}  // namespace asl::nn::cpu

@@ -1,0 +1,28 @@
+// Tensor-level wrappers (checks, threads) of the channels-last loops of cl_blocks.h, for inference:
+// squeeze-excite in place, the stride-2 blur pool, and the blocked-to-channels-last copy that finishes a
+// Winograd convolution. None records autograd; callers use them only outside it.
+#pragma once
+
+#include <cstdint>
+
+#include <torch/types.h>
+
+namespace asl::nn::cpu {
+
+/// Whether x is a CPU float32/bfloat16 4-d tensor in channels-last contiguous layout.
+bool channels_last_kernel_input(const torch::Tensor& x);
+
+/// x *= sigmoid(fc2(relu(fc1(mean over H, W of x)))) in place, per image and channel; fc weights
+/// (rows x in, any trailing 1 x 1) and biases of x's dtype. Requires channels_last_kernel_input(x).
+void squeeze_excite_(torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1, const torch::Tensor& w2,
+                     const torch::Tensor& b2);
+
+/// The anti-aliased downsample: 3x3 binomial blur, reflect padding 1, stride 2, depthwise; channels-last
+/// out. Requires channels_last_kernel_input(x) and H, W >= 2.
+torch::Tensor blur_pool2(const torch::Tensor& x);
+
+/// dst (n x hw x c, channels-last) = act(src) for src in nChw16c (c % 16 == 0); dtype float32 or
+/// bfloat16 (`bf16`); act 0 none, 1 leaky ReLU (slope), 2 ELU (alpha = slope).
+void unblock16(bool bf16, const void* src, void* dst, int64_t n, int64_t hw, int64_t c, int act, float slope);
+
+}  // namespace asl::nn::cpu
