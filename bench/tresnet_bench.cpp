@@ -154,6 +154,13 @@ void BM_TrainStep(benchmark::State& state) {
 // The same step in PyTorch's default layout (NCHW), for comparison.
 void BM_TrainStepNchw(benchmark::State& state) { BM_TrainStepLayout(state, false, false); }
 
+// The trainer's step with LibTorch's batch_norm + activation instead of asl's one-node norm: what that buys.
+void BM_TrainStepAtenNorm(benchmark::State& state) {
+  asl::nn::functional::set_fused_norm_training(false);
+  BM_TrainStepLayout(state, false, asl::train::channels_last_training());
+  asl::nn::functional::set_fused_norm_training(true);
+}
+
 void eval_batches(benchmark::internal::Benchmark* b) {
   b->ArgName("batch")->Arg(1)->Arg(16)->Unit(benchmark::kMillisecond)->UseRealTime();
 }
@@ -182,6 +189,12 @@ BENCHMARK(BM_TrainStep<false>)
     ->UseRealTime();
 BENCHMARK(BM_TrainStepNchw)
     ->Name("tresnet_m_train_step_nchw_fp32")
+    ->ArgName("batch")
+    ->Arg(16)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_TrainStepAtenNorm)
+    ->Name("tresnet_m_train_step_aten_norm_fp32")
     ->ArgName("batch")
     ->Arg(16)
     ->Unit(benchmark::kMillisecond)

@@ -1,9 +1,11 @@
 #include "asl/nn/layers.h"
 
 #include "asl/nn/packed_conv.h"
+#include "autograd/batch_norm_act.h"
 #include "cpu/cl_kernels.h"
 #include "asl/runtime.h"
 
+#include <atomic>
 #include <stdexcept>
 
 #include <ATen/autocast_mode.h>
@@ -164,10 +166,25 @@ torch::Tensor activated_batch_norm(const torch::Tensor& input, const torch::Tens
                                    bool training, double momentum, double eps, Activation activation,
                                    double activation_param, bool abs_weight) {
   TORCH_CHECK(input.dim() >= 2, "activated_batch_norm: input must be N x C x ..., got shape ", input.sizes());
+  if (training && fused_norm_training() && autograd::batch_norm_act_supported(input) && weight.defined() && bias.defined() &&
+      weight.scalar_type() == torch::kFloat32 && bias.scalar_type() == torch::kFloat32 &&
+      weight.numel() == input.size(1) && bias.numel() == input.size(1)) {
+    // One autograd node for norm and activation, half the passes of batch_norm + activation.
+    const int act = activation == Activation::LeakyReLU ? 1 : activation == Activation::ELU ? 2 : 0;
+    return autograd::batch_norm_act_train(input, norm_scale(weight, eps, abs_weight), bias, running_mean, running_var,
+                                          momentum, eps, act, activation_param);
+  }
   auto y = torch::batch_norm(input, norm_scale(weight, eps, abs_weight), bias, running_mean, running_var, training,
                              momentum, eps, /*cudnn_enabled=*/true);
   return activation_inplace(y, activation, activation_param);
 }
+
+namespace {
+std::atomic<bool> fused_norm_training_enabled{true};
+}  // namespace
+
+void set_fused_norm_training(bool enabled) { fused_norm_training_enabled.store(enabled); }
+bool fused_norm_training() { return fused_norm_training_enabled.load(); }
 
 torch::Tensor norm_scale(const torch::Tensor& weight, double eps, bool abs_weight) {
   // InPlaceABN scales by |w| + eps so that its activation stays invertible; autograd gives sign(w) for free.

@@ -449,6 +449,55 @@ TEST(Layers, ActivatedBatchNormFormulaAndRunningStats) {
   EXPECT_EQ(state.keys(), (std::vector<std::string>{"weight", "bias", "running_mean", "running_var"}));
 }
 
+// Training-mode norm + activation on float32 (asl's one-node kernel, NCHW and channels-last) against the
+// same module in float64 (LibTorch's batch_norm and activation): output, running statistics, and the
+// gradients of input, weight and bias, for each activation, |w| + eps and plain scaling, and sizes with
+// one and with several chunks of pixels (a partial last one).
+TEST(Layers, ActivatedBatchNormTrainingMatchesFloat64) {
+  torch::manual_seed(21);
+  using asl::nn::Activation;
+  for (const auto& shape : std::vector<std::vector<int64_t>>{{2, 16, 5, 7}, {4, 24, 20, 20}, {3, 1, 3, 3}})
+  for (const auto& [act, param] : std::vector<std::pair<Activation, double>>{
+           {Activation::Identity, 0.0}, {Activation::LeakyReLU, 1e-3}, {Activation::LeakyReLU, 1e-2}, {Activation::ELU, 1.0}})
+  for (const bool abs_weight : {true, false})
+  for (const auto format : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
+    SCOPED_TRACE(c10::str(shape, " ", asl::nn::to_string(act), " ", param, abs_weight ? " abs" : " plain",
+                          format == torch::MemoryFormat::ChannelsLast ? " channels-last" : " NCHW"));
+    const int64_t c = shape[1];
+    asl::nn::ActivatedBatchNorm norm(
+        asl::nn::ActivatedBatchNormOptions(c).activation(act).activation_param(param).abs_weight(abs_weight));
+    {
+      torch::NoGradGuard no_grad;
+      norm->weight.uniform_(-2, 2);
+      norm->bias.normal_();
+      norm->running_mean.normal_();
+      norm->running_var.uniform_(0.5, 2);
+    }
+    auto norm64 = std::dynamic_pointer_cast<asl::nn::ActivatedBatchNormImpl>(norm->clone());
+    norm64->to(torch::kFloat64);
+    norm->train();
+    norm64->train();
+    // A shifted input (mean far from zero), as a conv output can be.
+    const auto x64 = (torch::randn(shape, torch::kFloat64) * 1.5 + 3.0).contiguous(format);
+    const auto x = x64.to(torch::kFloat32).contiguous(format).requires_grad_(true);
+    const auto xd = x.detach().to(torch::kFloat64).requires_grad_(true);
+    const auto r = torch::randn(shape, torch::kFloat64);
+    const auto y = norm->forward(x);
+    const auto y64 = norm64->forward(xd);
+    EXPECT_TRUE(y.is_contiguous(format));
+    ASSERT_TRUE(y.grad_fn());
+    EXPECT_EQ(y.grad_fn()->name(), "BatchNormActBackward");  // asl's node, not LibTorch's two
+    EXPECT_TRUE(close_to_scale(y, y64, 1e-5));
+    EXPECT_TRUE(close_to_scale(norm->running_mean, norm64->running_mean, 1e-6));
+    EXPECT_TRUE(close_to_scale(norm->running_var, norm64->running_var, 1e-6));
+    (y * r.to(torch::kFloat32)).sum().backward();
+    (y64 * r).sum().backward();
+    EXPECT_TRUE(close_to_scale(x.grad(), xd.grad(), 1e-5));
+    EXPECT_TRUE(close_to_scale(norm->weight.grad(), norm64->weight.grad(), 1e-5));
+    EXPECT_TRUE(close_to_scale(norm->bias.grad(), norm64->bias.grad(), 1e-5));
+  }
+}
+
 TEST(Layers, ConvNormActFuseMatchesEval) {
   torch::manual_seed(3);
   asl::nn::ConvNormAct block(asl::nn::ConvNormActOptions(6, 8, 3).stride(2).activation_param(1e-3));

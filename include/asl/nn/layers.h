@@ -125,11 +125,19 @@ torch::Tensor activation(const torch::Tensor& input, Activation activation, doub
 
 /// act((|weight| + eps) * (x - mean) / sqrt(var + eps) + bias), or with abs_weight false plain batch norm
 /// act(weight * (x - mean) / sqrt(var + eps) + bias). In training the batch statistics normalise (biased
-/// variance) and the running statistics are updated with `momentum` (unbiased variance).
+/// variance) and the running statistics are updated with `momentum` (unbiased variance). Training on CPU
+/// float32 (NCHW or channels-last, outside autocast) runs as one autograd node (autograd/batch_norm_act.h)
+/// unless set_fused_norm_training(false).
 torch::Tensor activated_batch_norm(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
                                    const torch::Tensor& running_mean, const torch::Tensor& running_var,
                                    bool training, double momentum, double eps, Activation activation,
                                    double activation_param, bool abs_weight = true);
+
+/// Whether training-mode norms use asl's one-node kernel where it applies (default true) or LibTorch's
+/// batch_norm followed by the activation (the same results to float32 rounding; for A/B measurements,
+/// e.g. tresnet_bench's *_aten_norm row). Process-wide.
+void set_fused_norm_training(bool enabled);
+bool fused_norm_training();
 
 /// The per-channel scale a norm applies to (x - mean) / sqrt(var + eps): |weight| + eps, or weight.
 torch::Tensor norm_scale(const torch::Tensor& weight, double eps, bool abs_weight);

@@ -31,6 +31,29 @@ struct ClKernels {
   /// channel block), applying leaky ReLU with `slope` (act 1), ELU with alpha `slope` (act 2) or nothing.
   void (*unblock16)(ClType t, const void* src, void* dst, int64_t hw, int64_t c_count, int64_t p_begin,
                     int64_t p_end, int act, float slope);
+
+  // Batch norm with its activation, training (float32). Per channel c: z = x * scale[c] + shift[c],
+  // y = act(z) (act 0 identity, 1 leaky ReLU with slope >= 0, 2 ELU with alpha `slope`); dz = dy * act'(z).
+  // "cl" loops take `pixels` channels-last pixels of c_count channels; "plane" loops one channel's hw
+  // contiguous values (NCHW) with that channel's scalars.
+  /// mean[c] and m2[c] = sum (x - mean[c])^2 over the pixels (two passes over this chunk).
+  void (*bn_stats_cl)(const float* x, int64_t pixels, int64_t c_count, float* mean, float* m2);
+  void (*bn_stats_plane)(const float* x, int64_t hw, float* mean, float* m2);
+  void (*bn_act_cl)(const float* x, float* y, int64_t pixels, int64_t c_count, const float* scale,
+                    const float* shift, int act, float slope);
+  void (*bn_act_plane)(const float* x, float* y, int64_t hw, float scale, float shift, int act, float slope);
+  /// sum_dz[c] += dz, sum_dzx[c] += dz * (x - mean[c]).
+  void (*bn_backward_sums_cl)(const float* x, const float* dy, int64_t pixels, int64_t c_count, const float* scale,
+                              const float* shift, const float* mean, int act, float slope, float* sum_dz,
+                              float* sum_dzx);
+  void (*bn_backward_sums_plane)(const float* x, const float* dy, int64_t hw, float scale, float shift, float mean,
+                                 int act, float slope, float* sum_dz, float* sum_dzx);
+  /// dx = (dz - a[c] - (x - mean[c]) * b[c]) * k[c].
+  void (*bn_backward_dx_cl)(const float* x, const float* dy, float* dx, int64_t pixels, int64_t c_count,
+                            const float* scale, const float* shift, const float* mean, const float* a, const float* b,
+                            const float* k, int act, float slope);
+  void (*bn_backward_dx_plane)(const float* x, const float* dy, float* dx, int64_t hw, float scale, float shift,
+                               float mean, float a, float b, float k, int act, float slope);
 };
 
 namespace isa_avx512 { ClKernels cl_kernels(); }
