@@ -9,19 +9,14 @@
 #include <vector>
 
 #include "asl_loss_blocks.h"
+#include "isa.h"
 
 namespace asl::nn::cpu {
 
 const BlockKernels& block_kernels() {
-  static const BlockKernels chosen = [] {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
-      return isa_avx512::kernels();
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return isa_avx2::kernels();
-    return isa_base::kernels();
-  }();
+  static const BlockKernels chosen = best_isa() == Isa::Avx512 ? isa_avx512::kernels()
+                                : best_isa() == Isa::Avx2 ? isa_avx2::kernels()
+                                                          : isa_base::kernels();
   return chosen;
 }
 

@@ -9,19 +9,14 @@
 #include <torch/torch.h>
 
 #include "cl_blocks.h"
+#include "isa.h"
 
 namespace asl::nn::cpu {
 
 const ClKernels& cl_kernels() {
-  static const ClKernels chosen = [] {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
-      return isa_avx512::cl_kernels();
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return isa_avx2::cl_kernels();
-    return isa_base::cl_kernels();
-  }();
+  static const ClKernels chosen = best_isa() == Isa::Avx512 ? isa_avx512::cl_kernels()
+                                : best_isa() == Isa::Avx2 ? isa_avx2::cl_kernels()
+                                                          : isa_base::cl_kernels();
   return chosen;
 }
 
