@@ -104,7 +104,9 @@ torch::Tensor BasicBlockImpl::forward(const torch::Tensor& input) {
   out = conv2->forward(out);
   if (in_place(options)) return fused_tail(out, se, residual);
   if (se) out = se->forward(out);
-  return (out + residual).relu_();
+  // out is a fresh result no backward node keeps (the norm, the conv and SE's product save their inputs):
+  // the sum is taken in place, which LibTorch 1.13 runs several times faster than `+` in channels-last.
+  return out.add_(residual).relu_();
 }
 
 // ---- Bottleneck ----------------------------------------------------------
@@ -134,7 +136,7 @@ torch::Tensor BottleneckImpl::forward(const torch::Tensor& input) {
   // Fused for inference: one convolution with the residual sum and relu, written over the residual (the
   // downsample's output, or the block's input, which nothing reads after the block).
   if (in_place(options)) return conv3->forward_residual_relu(out, residual);
-  return (conv3->forward(out) + residual).relu_();
+  return conv3->forward(out).add_(residual).relu_();  // in place, as in BasicBlock
 }
 
 // ---- TResNetStage --------------------------------------------------------

@@ -299,11 +299,26 @@ constexpr double kBf16OneRounding = 1.0 / 256;
 // below, at and above a vector's width.
 TEST(Layers, BlurPoolChannelsLastLoopMatchesFloat64) {
   torch::manual_seed(11);
-  for (const auto& shape : std::vector<std::vector<int64_t>>{{2, 5, 7, 6}, {1, 48, 8, 8}, {3, 20, 2, 3}, {1, 64, 15, 14}}) {
+  for (const auto& shape : std::vector<std::vector<int64_t>>{{2, 5, 7, 6}, {1, 48, 8, 8}, {3, 20, 2, 3}, {1, 64, 15, 14}, {2, 16, 3, 5}}) {
     SCOPED_TRACE(c10::str(shape));
     asl::nn::BlurPool blur{asl::nn::BlurPoolOptions(shape[1])};
     const auto x64 = torch::randn(shape, torch::kFloat64);
     const auto expected = blur->forward(x64);
+    {
+      // Training (float32 channels-last needing a gradient): asl's node and its adjoint loop against
+      // LibTorch's autograd of the float64 blur.
+      const auto xg = x64.to(torch::kFloat32).contiguous(torch::MemoryFormat::ChannelsLast).requires_grad_(true);
+      const auto yg = blur->forward(xg);
+      ASSERT_TRUE(yg.grad_fn());
+      EXPECT_EQ(yg.grad_fn()->name(), "BlurPool2Backward");
+      EXPECT_TRUE(close_to_scale(yg, expected, 1e-6));
+      const auto r = torch::randn(expected.sizes(), torch::kFloat64);
+      (yg * r.to(torch::kFloat32)).sum().backward();
+      const auto xd = x64.clone().requires_grad_(true);
+      (blur->forward(xd) * r).sum().backward();
+      EXPECT_TRUE(xg.grad().is_contiguous(torch::MemoryFormat::ChannelsLast));
+      EXPECT_TRUE(close_to_scale(xg.grad(), xd.grad(), 1e-6));
+    }
     torch::NoGradGuard no_grad;
     const auto y32 = blur->forward(x64.to(torch::kFloat32).contiguous(torch::MemoryFormat::ChannelsLast));
     EXPECT_TRUE(y32.is_contiguous(torch::MemoryFormat::ChannelsLast));

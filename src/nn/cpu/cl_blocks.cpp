@@ -94,6 +94,61 @@ void blur2(const T* x, int64_t h, int64_t w, int64_t c, T* out, int64_t row_begi
   }
 }
 
+// For each index s in [0, n) of a reflect-padded stride-2 [1 2 1] filter with m outputs, the outputs that
+// read s and the tap weights they read it with (at most 4: a reflected border adds one).
+struct Taps {
+  int64_t count = 0;
+  int64_t out[4];
+  float weight[4];
+};
+
+void reverse_taps(int64_t n, int64_t m, Taps* taps) {
+  const float w[3] = {1.0f, 2.0f, 1.0f};
+  for (int64_t s = 0; s < n; ++s) taps[s].count = 0;
+  for (int64_t o = 0; o < m; ++o)
+    for (int i = 0; i < 3; ++i) {
+      int64_t p = 2 * o - 1 + i;
+      p = p < 0 ? -p : (p >= n ? 2 * (n - 1) - p : p);
+      Taps& t = taps[p];
+      t.out[t.count] = o;
+      t.weight[t.count] = w[i];
+      ++t.count;
+    }
+}
+
+void blur2_backward(const float* __restrict__ dy, int64_t h, int64_t w, int64_t c, float* __restrict__ dx,
+                    float* __restrict__ tmp) {
+  const int64_t oh = (h - 1) / 2 + 1, ow = (w - 1) / 2 + 1;
+  Taps* rows = new Taps[h];
+  Taps* cols = new Taps[w];
+  reverse_taps(h, oh, rows);
+  reverse_taps(w, ow, cols);
+  // Horizontal adjoint of every output row into tmp (oh x w x c), then the vertical one into dx, / 16.
+  for (int64_t o = 0; o < oh; ++o)
+    for (int64_t s = 0; s < w; ++s) {
+      float* t = tmp + (o * w + s) * c;
+      const Taps& tp = cols[s];
+      for (int64_t k = 0; k < c; ++k) t[k] = 0.0f;
+      for (int64_t j = 0; j < tp.count; ++j) {
+        const float* src = dy + (o * ow + tp.out[j]) * c;
+        const float wt = tp.weight[j];
+        for (int64_t k = 0; k < c; ++k) t[k] += wt * src[k];
+      }
+    }
+  for (int64_t r = 0; r < h; ++r) {
+    const Taps& tp = rows[r];
+    float* dst = dx + r * w * c;
+    for (int64_t i = 0; i < w * c; ++i) dst[i] = 0.0f;
+    for (int64_t j = 0; j < tp.count; ++j) {
+      const float* src = tmp + tp.out[j] * w * c;
+      const float wt = tp.weight[j] * 0.0625f;
+      for (int64_t i = 0; i < w * c; ++i) dst[i] += wt * src[i];
+    }
+  }
+  delete[] rows;
+  delete[] cols;
+}
+
 template <typename T, int Act>
 void unblock16_act(const T* __restrict__ src, T* __restrict__ dst, int64_t hw, int64_t c, int64_t p_begin, int64_t p_end, float slope) {
   const int64_t blocks = c / 16;
@@ -275,6 +330,7 @@ ClKernels cl_kernels() {
       unblock16(static_cast<const uint16_t*>(src), static_cast<uint16_t*>(dst), hw, c, p_begin, p_end, act, slope);
     }
   };
+  k.blur2_backward = &blur2_backward;
   k.bn_stats_cl = &bn_stats_cl;
   k.bn_stats_plane = &bn_stats_plane;
   k.bn_act_cl = [](const float* x, float* y, int64_t pixels, int64_t c, const float* scale, const float* shift,

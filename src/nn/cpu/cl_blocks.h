@@ -31,6 +31,9 @@ struct ClKernels {
   /// channel block), applying leaky ReLU with `slope` (act 1), ELU with alpha `slope` (act 2) or nothing.
   void (*unblock16)(ClType t, const void* src, void* dst, int64_t hw, int64_t c_count, int64_t p_begin,
                     int64_t p_end, int act, float slope);
+  /// The adjoint of blur2 for one image (float32): dx (h x w x c) from dy (oh x ow x c); tmp holds
+  /// oh * w * c floats.
+  void (*blur2_backward)(const float* dy, int64_t h, int64_t w, int64_t c_count, float* dx, float* tmp);
 
   // Batch norm with its activation, training (float32). Per channel c: z = x * scale[c] + shift[c],
   // y = act(z) (act 0 identity, 1 leaky ReLU with slope >= 0, 2 ELU with alpha `slope`); dz = dy * act'(z).

@@ -1,6 +1,8 @@
 #include "cl_kernels.h"
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -103,6 +105,49 @@ torch::Tensor blur_pool2(const torch::Tensor& x) {
     }
   });
   return out;
+}
+
+namespace {
+
+struct BlurPool2Backward : public torch::autograd::Node {
+  std::vector<int64_t> input_size;
+
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    if (!grads[0].defined() || !task_should_compute_output(0)) return {torch::Tensor()};
+    const auto dy = grads[0].contiguous(torch::MemoryFormat::ChannelsLast);
+    const int64_t n = input_size[0], c = input_size[1], h = input_size[2], w = input_size[3];
+    const int64_t oh = dy.size(2), ow = dy.size(3);
+    auto dx = torch::empty(input_size, dy.options().memory_format(torch::MemoryFormat::ChannelsLast));
+    const float* g = dy.data_ptr<float>();
+    float* d = dx.data_ptr<float>();
+    const auto& k = cl_kernels();
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> tmp(static_cast<size_t>(oh * w * c));
+      for (int64_t i = begin; i < end; ++i) k.blur2_backward(g + i * oh * ow * c, h, w, c, d + i * h * w * c, tmp.data());
+    });
+    return {dx};
+  }
+
+  std::string name() const override { return "BlurPool2Backward"; }
+};
+
+}  // namespace
+
+torch::Tensor blur_pool2_differentiable(const torch::Tensor& x) {
+  TORCH_CHECK(channels_last_kernel_input(x) && x.scalar_type() == torch::kFloat32,
+              "blur_pool2_differentiable: expected a channels-last float32 CPU tensor");
+  torch::Tensor y;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // the result gets its history below
+    y = blur_pool2(x);
+  }
+  if (torch::autograd::compute_requires_grad(x)) {
+    auto node = std::shared_ptr<BlurPool2Backward>(new BlurPool2Backward(), torch::autograd::deleteNode);
+    node->set_next_edges(torch::autograd::collect_next_edges(x));
+    node->input_size = x.sizes().vec();
+    torch::autograd::set_history(y, node);
+  }
+  return y;
 }
 
 void unblock16(bool bf16, const void* src, void* dst, int64_t n, int64_t hw, int64_t c, int act, float slope) {

@@ -1,6 +1,6 @@
 // Tensor-level wrappers (checks, threads) of the channels-last loops of cl_blocks.h, for inference:
 // squeeze-excite in place, the stride-2 blur pool, and the blocked-to-channels-last copy that finishes a
-// Winograd convolution. None records autograd; callers use them only outside it.
+// Winograd convolution. Only blur_pool2_differentiable records autograd; the others are for callers outside it.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +20,10 @@ void squeeze_excite_(torch::Tensor& x, const torch::Tensor& w1, const torch::Ten
 /// The anti-aliased downsample: 3x3 binomial blur, reflect padding 1, stride 2, depthwise; channels-last
 /// out. Requires channels_last_kernel_input(x) and H, W >= 2.
 torch::Tensor blur_pool2(const torch::Tensor& x);
+
+/// blur_pool2 for float32 with its backward (one autograd node; asl's adjoint loop): the training path,
+/// where LibTorch's padding by copies into slices records a node per copy.
+torch::Tensor blur_pool2_differentiable(const torch::Tensor& x);
 
 /// dst (n x hw x c, channels-last) = act(src) for src in nChw16c (c % 16 == 0); dtype float32 or
 /// bfloat16 (`bf16`); act 0 none, 1 leaky ReLU (slope), 2 ELU (alpha = slope).
