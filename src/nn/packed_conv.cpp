@@ -123,7 +123,8 @@ struct PackedConv2d::Impl {
         plain.set_scratchpad_mode(dnnl::scratchpad_mode::user);
         p->pd = dnnl::convolution_forward::primitive_desc(wdesc, plain, engine);
         p->blocked = true;
-        p->own_unblock = out[1] % 16 == 0;
+        // nChw16c exactly as asl's loop reads it (a padded last block when the channels are not a multiple of 16).
+        p->own_unblock = p->pd.dst_desc() == bdst;
         p->activation_after = !p->own_unblock && epilogue.eltwise != ConvEpilogue::Eltwise::None;
         p->user_src = src_md;
         p->user_dst = dst_md;

@@ -151,12 +151,16 @@ void blur2_backward(const float* __restrict__ dy, int64_t h, int64_t w, int64_t 
 
 template <typename T, int Act>
 void unblock16_act(const T* __restrict__ src, T* __restrict__ dst, int64_t hw, int64_t c, int64_t p_begin, int64_t p_end, float slope) {
-  const int64_t blocks = c / 16;
+  const int64_t full = c / 16, tail = c % 16;  // a last, partly used block when c % 16 != 0
   for (int64_t p = p_begin; p < p_end; ++p) {
     T* out = dst + p * c;
-    for (int64_t b = 0; b < blocks; ++b) {
+    for (int64_t b = 0; b < full; ++b) {
       const T* in = src + (b * hw + p) * 16;
       for (int j = 0; j < 16; ++j) store(out, b * 16 + j, activate(load(in, j), Act, slope));
+    }
+    if (tail != 0) {
+      const T* in = src + (full * hw + p) * 16;
+      for (int j = 0; j < tail; ++j) store(out, full * 16 + j, activate(load(in, j), Act, slope));
     }
   }
 }

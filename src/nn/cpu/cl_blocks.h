@@ -27,8 +27,8 @@ struct ClKernels {
   /// tmp holds w * c floats.
   void (*blur2)(ClType t, const void* x, int64_t h, int64_t w, int64_t c_count, void* out, int64_t row_begin,
                 int64_t row_end, float* tmp);
-  /// nChw16c -> nhwc for one image's pixels [p_begin, p_end) (c_count % 16 == 0, hw pixels per
-  /// channel block), applying leaky ReLU with `slope` (act 1), ELU with alpha `slope` (act 2) or nothing.
+  /// nChw16c -> nhwc for one image's pixels [p_begin, p_end) (ceil(c_count / 16) blocks of hw pixels
+  /// x 16 values, the last one's padding ignored), applying leaky ReLU with `slope` (act 1), ELU with alpha `slope` (act 2) or nothing.
   void (*unblock16)(ClType t, const void* src, void* dst, int64_t hw, int64_t c_count, int64_t p_begin,
                     int64_t p_end, int act, float slope);
   /// The adjoint of blur2 for one image (float32): dx (h x w x c) from dy (oh x ow x c); tmp holds

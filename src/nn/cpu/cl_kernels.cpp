@@ -151,16 +151,16 @@ torch::Tensor blur_pool2_differentiable(const torch::Tensor& x) {
 }
 
 void unblock16(bool bf16, const void* src, void* dst, int64_t n, int64_t hw, int64_t c, int act, float slope) {
-  TORCH_CHECK(c % 16 == 0, "unblock16: channels must be a multiple of 16, got ", c);
   const auto& k = cl_kernels();
   const ClType t = bf16 ? ClType::BF16 : ClType::F32;
   const size_t elem = bf16 ? 2 : 4;
+  const int64_t blocked_c = (c + 15) / 16 * 16;  // channels per image in the blocked layout
   const auto* s = static_cast<const char*>(src);
   auto* d = static_cast<char*>(dst);
   at::parallel_for(0, n * hw, pixel_grain(c), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end;) {
       const int64_t img = p / hw, stop = std::min(end, (img + 1) * hw);
-      k.unblock16(t, s + img * hw * c * elem, d + img * hw * c * elem, hw, c, p - img * hw, stop - img * hw, act,
+      k.unblock16(t, s + img * hw * blocked_c * elem, d + img * hw * c * elem, hw, c, p - img * hw, stop - img * hw, act,
                   slope);
       p = stop;
     }

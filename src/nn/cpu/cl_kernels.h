@@ -25,7 +25,8 @@ torch::Tensor blur_pool2(const torch::Tensor& x);
 /// where LibTorch's padding by copies into slices records a node per copy.
 torch::Tensor blur_pool2_differentiable(const torch::Tensor& x);
 
-/// dst (n x hw x c, channels-last) = act(src) for src in nChw16c (c % 16 == 0); dtype float32 or
+/// dst (n x hw x c, channels-last) = act(src) for src in nChw16c (ceil(c / 16) blocks, the last one
+/// padded when c % 16 != 0); dtype float32 or
 /// bfloat16 (`bf16`); act 0 none, 1 leaky ReLU (slope), 2 ELU (alpha = slope).
 void unblock16(bool bf16, const void* src, void* dst, int64_t n, int64_t hw, int64_t c, int act, float slope);
 
