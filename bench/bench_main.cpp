@@ -6,7 +6,7 @@
 #include "asl/runtime.h"
 
 int main(int argc, char** argv) {
-  at::set_num_threads(2);
+  asl::set_compute_threads(2);  // as the asl command sets its threads
   benchmark::AddCustomContext("asl_cpu", asl::describe(asl::cpu_info()));
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -25,6 +25,7 @@
 
 #include "asl/models/registry.h"
 #include "asl/nn/loss.h"
+#include "asl/runtime.h"
 #include "asl/train/distributed.h"
 #include "asl/train/optimizer.h"
 
@@ -92,7 +93,7 @@ int main(int argc, char** argv) {
     const int64_t steps = std::stoll(opt["--steps"]);
     auto cfg = asl::train::distributed_from_env();
     if (workers > 1 && !cfg) return launch(std::vector<std::string>(argv, argv + argc), workers);
-    at::set_num_threads(static_cast<int>(threads));
+    asl::set_compute_threads(static_cast<int>(threads));
     std::unique_ptr<asl::train::Communicator> comm;
     if (cfg) comm = std::make_unique<asl::train::Communicator>(*cfg);
     const int64_t rank = comm ? comm->rank() : 0, world = comm ? comm->world_size() : 1;

@@ -1,5 +1,6 @@
 #include "asl/runtime.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -7,11 +8,13 @@
 #include <sstream>
 #include <stdexcept>
 
+#include <ATen/Parallel.h>
 #include <ATen/Version.h>
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl_debug.h>
 
 #if defined(__GLIBC__)
+#include <dlfcn.h>
 #include <malloc.h>
 #endif
 
@@ -150,6 +153,16 @@ bool tune_allocator() {
 #else
   return false;
 #endif
+}
+
+bool set_compute_threads(int threads) {
+  at::set_num_threads(std::max(1, threads));
+  if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr || std::getenv("GOTO_NUM_THREADS") != nullptr) return false;
+  using SetThreads = void (*)(int);
+  auto* set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (set == nullptr) return false;  // another BLAS
+  set(1);
+  return true;
 }
 
 }  // namespace asl

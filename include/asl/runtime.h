@@ -68,4 +68,12 @@ PrecisionChoice resolve_precision(Precision requested, const CpuInfo& cpu = cpu_
 /// The `asl` command calls it at start; a program using the library may call it once, early.
 bool tune_allocator();
 
+/// Sets LibTorch's compute threads (OpenMP, at::set_num_threads) to `threads` and, where the BLAS is
+/// OpenBLAS and the environment sets no OPENBLAS_NUM_THREADS (or GOTO_NUM_THREADS) of its own, its
+/// thread pool to 1: here BLAS only runs small products (squeeze-excite's and the head's linears), and
+/// OpenBLAS's own pthreads then compete with OpenMP's spinning workers (in a TResNet-M training step
+/// at batch 16 its GEMMs took 61 ms with its default pool and 9 ms with one thread). Returns whether
+/// OpenBLAS's pool was changed. The `asl` command and the benchmarks call it.
+bool set_compute_threads(int threads);
+
 }  // namespace asl

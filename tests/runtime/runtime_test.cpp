@@ -2,12 +2,15 @@
 // glibc's own account of its blocks (mallinfo2).
 #include <gtest/gtest.h>
 
+#include <dlfcn.h>
 #include <malloc.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <set>
 #include <string>
+
+#include <ATen/Parallel.h>
 
 #include "asl/runtime.h"
 
@@ -55,6 +58,19 @@ TEST(Runtime, TuneAllocatorRespectsUserSettingsThenKeepsLargeBlocksOnTheHeap) {
 
 // ctest runs this binary a second time with DNNL_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 and
 // ASL_EXPECT_ISA=avx2: a cap that silently stopped working would make the AVX2 run test nothing.
+TEST(Runtime, ComputeThreadsSetOpenMpAndLimitOpenBlasToOne) {
+  using GetThreads = int (*)();
+  auto* openblas_threads = reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  const bool user_count = std::getenv("OPENBLAS_NUM_THREADS") != nullptr || std::getenv("GOTO_NUM_THREADS") != nullptr;
+  const int before = openblas_threads != nullptr ? openblas_threads() : -1;
+  const bool changed = asl::set_compute_threads(2);
+  EXPECT_EQ(at::get_num_threads(), 2);
+  EXPECT_EQ(changed, openblas_threads != nullptr && !user_count);
+  if (openblas_threads != nullptr) EXPECT_EQ(openblas_threads(), user_count ? before : 1);
+  asl::set_compute_threads(1);
+  EXPECT_EQ(at::get_num_threads(), 1);
+}
+
 TEST(Runtime, CpuInfoReportsTheEffectiveIsasAndCaps) {
   const asl::CpuInfo& cpu = asl::cpu_info();
   SCOPED_TRACE(asl::describe(cpu));

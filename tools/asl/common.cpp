@@ -8,13 +8,14 @@
 #include "asl/io/file.h"
 #include "asl/models/registry.h"
 #include "asl/models/weights.h"
+#include "asl/runtime.h"
 #include "commands.h"
 
 namespace asl::cli {
 
 void set_threads(int threads) {
   const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  at::set_num_threads(n);
+  asl::set_compute_threads(n);
 }
 
 void add_precision_flags(CLI::App* cmd, PrecisionFlags& flags, const std::string& legacy_flag,
