@@ -155,6 +155,13 @@ void BM_TrainStep(benchmark::State& state) {
 void BM_TrainStepNchw(benchmark::State& state) { BM_TrainStepLayout(state, false, false); }
 
 // The trainer's step with LibTorch's batch_norm + activation instead of asl's one-node norm: what that buys.
+// The trainer's step with LibTorch's (direct) 3x3 convolutions instead of oneDNN's Winograd ones.
+void BM_TrainStepDirectConv(benchmark::State& state) {
+  asl::nn::functional::set_winograd_training(false);
+  BM_TrainStepLayout(state, false, asl::train::channels_last_training());
+  asl::nn::functional::set_winograd_training(true);
+}
+
 void BM_TrainStepAtenNorm(benchmark::State& state) {
   asl::nn::functional::set_fused_norm_training(false);
   BM_TrainStepLayout(state, false, asl::train::channels_last_training());
@@ -189,6 +196,12 @@ BENCHMARK(BM_TrainStep<false>)
     ->UseRealTime();
 BENCHMARK(BM_TrainStepNchw)
     ->Name("tresnet_m_train_step_nchw_fp32")
+    ->ArgName("batch")
+    ->Arg(16)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_TrainStepDirectConv)
+    ->Name("tresnet_m_train_step_direct_conv_fp32")
     ->ArgName("batch")
     ->Arg(16)
     ->Unit(benchmark::kMillisecond)

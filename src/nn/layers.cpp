@@ -2,9 +2,11 @@
 
 #include "asl/nn/packed_conv.h"
 #include "autograd/batch_norm_act.h"
+#include "autograd/winograd_conv.h"
 #include "cpu/cl_kernels.h"
 #include "asl/runtime.h"
 
+#include <algorithm>
 #include <atomic>
 #include <stdexcept>
 
@@ -73,9 +75,25 @@ torch::Tensor bf16_rounded(const torch::Tensor& t) {
 
 }  // namespace
 
+namespace {
+std::atomic<bool> winograd_training_enabled{true};
+
+bool all_equal(torch::IntArrayRef values, int64_t v) {
+  return std::all_of(values.begin(), values.end(), [v](int64_t x) { return x == v; });
+}
+}  // namespace
+
+void set_winograd_training(bool enabled) { winograd_training_enabled.store(enabled); }
+bool winograd_training() { return winograd_training_enabled.load(); }
+
 torch::Tensor conv2d(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
                      torch::IntArrayRef stride, torch::IntArrayRef padding, torch::IntArrayRef dilation,
                      int64_t groups) {
+  if (winograd_training() && torch::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad()) &&
+      !bias.defined() && groups == 1 && all_equal(stride, 1) && all_equal(padding, 1) && all_equal(dilation, 1) &&
+      autograd::winograd_conv3x3_supported(input, weight)) {
+    return autograd::winograd_conv3x3(input, weight);  // training's 3x3 convs on oneDNN's Winograd kernels
+  }
   if (!emulates_bf16(input)) return torch::conv2d(input, weight, bias, stride, padding, dilation, groups);
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
   return torch::conv2d(bf16_rounded(input), bf16_rounded(weight), bf16_rounded(bias), stride, padding, dilation,

@@ -513,6 +513,39 @@ TEST(Layers, ActivatedBatchNormTrainingMatchesFloat64) {
   }
 }
 
+// Training's 3x3 stride-1 convolutions (channels-last float32 needing a gradient): on oneDNN's Winograd
+// kernels where this CPU has them (one node, WinogradConvBackward), else LibTorch's; output and the
+// gradients of input and weight against float64 LibTorch, odd sizes and channel counts included.
+TEST(Layers, TrainingConv3x3MatchesFloat64) {
+  torch::manual_seed(31);
+  struct Case {
+    int64_t n, c, o, h, w;
+  };
+  for (const Case& k : {Case{2, 16, 16, 8, 8}, Case{3, 32, 48, 13, 11}, Case{1, 64, 64, 7, 7}, Case{2, 24, 8, 5, 6}}) {
+    SCOPED_TRACE(c10::str(k.n, "x", k.c, "x", k.h, "x", k.w, " -> ", k.o));
+    const auto x64 = torch::randn({k.n, k.c, k.h, k.w}, torch::kFloat64);
+    const auto w64 = torch::randn({k.o, k.c, 3, 3}, torch::kFloat64) * 0.2;
+    const auto x = x64.to(torch::kFloat32).contiguous(torch::MemoryFormat::ChannelsLast).requires_grad_(true);
+    const auto w = w64.to(torch::kFloat32).contiguous(torch::MemoryFormat::ChannelsLast).requires_grad_(true);
+    const auto y = asl::nn::functional::conv2d(x, w, torch::Tensor(), {1, 1}, {1, 1}, {1, 1}, 1);
+    ASSERT_TRUE(y.grad_fn());
+    if (asl::cpu_info().onednn_isa.rfind("avx512", 0) == 0 && k.c % 16 == 0 && k.o % 16 == 0) {
+      EXPECT_EQ(y.grad_fn()->name(), "WinogradConvBackward");
+    }
+    EXPECT_TRUE(y.is_contiguous(torch::MemoryFormat::ChannelsLast));
+    const auto xd = x64.clone().requires_grad_(true), wd = w64.clone().requires_grad_(true);
+    const auto yd = torch::conv2d(xd, wd, torch::Tensor(), 1, 1);
+    // Winograd F(4x4, 3x3) rounds more than a direct float32 sum (its transforms), within 1e-5 of the scale.
+    EXPECT_TRUE(close_to_scale(y, yd, 1e-5));
+    const auto r = torch::randn(yd.sizes(), torch::kFloat64);
+    (y * r.to(torch::kFloat32)).sum().backward();
+    (yd * r).sum().backward();
+    EXPECT_TRUE(close_to_scale(x.grad(), xd.grad(), 1e-5));
+    EXPECT_TRUE(close_to_scale(w.grad(), wd.grad(), 1e-5));
+    EXPECT_TRUE(w.grad().is_contiguous(torch::MemoryFormat::ChannelsLast));
+  }
+}
+
 TEST(Layers, ConvNormActFuseMatchesEval) {
   torch::manual_seed(3);
   asl::nn::ConvNormAct block(asl::nn::ConvNormActOptions(6, 8, 3).stride(2).activation_param(1e-3));

@@ -139,6 +139,13 @@ torch::Tensor activated_batch_norm(const torch::Tensor& input, const torch::Tens
 void set_fused_norm_training(bool enabled);
 bool fused_norm_training();
 
+/// Whether conv2d runs 3x3 stride-1 convolutions that need a gradient (training, CPU float32,
+/// channels-last, no bias) on oneDNN's Winograd kernels where it has them (AVX-512;
+/// autograd/winograd_conv.h), default true, or on LibTorch's convolution. Process-wide; for A/B
+/// measurements (tresnet_bench's *_direct_conv row).
+void set_winograd_training(bool enabled);
+bool winograd_training();
+
 /// The per-channel scale a norm applies to (x - mean) / sqrt(var + eps): |weight| + eps, or weight.
 torch::Tensor norm_scale(const torch::Tensor& weight, double eps, bool abs_weight);
 
