@@ -238,8 +238,9 @@ torch::Tensor BlurPoolImpl::forward(const torch::Tensor& input) {
       !(torch::GradMode::is_enabled() && input.requires_grad())) {
     return cpu::blur_pool2(input);  // one pass, no padded copy (cl_kernels.h)
   }
-  if (options.stride() == 2 && cpu::channels_last_kernel_input(input) && input.scalar_type() == torch::kFloat32 &&
-      input.size(2) >= 2 && input.size(3) >= 2 && !at::autocast::is_cpu_enabled()) {
+  // Float32 outside autocast (under it LibTorch's path would compute in bfloat16), bfloat16 always.
+  if (options.stride() == 2 && cpu::channels_last_kernel_input(input) && input.size(2) >= 2 && input.size(3) >= 2 &&
+      (input.scalar_type() == torch::kBFloat16 || !at::autocast::is_cpu_enabled())) {
     return cpu::blur_pool2_differentiable(input);  // training: one node instead of one per padding copy
   }
   return functional::blur_pool(input, options.stride());

@@ -318,6 +318,17 @@ TEST(Layers, BlurPoolChannelsLastLoopMatchesFloat64) {
       (blur->forward(xd) * r).sum().backward();
       EXPECT_TRUE(xg.grad().is_contiguous(torch::MemoryFormat::ChannelsLast));
       EXPECT_TRUE(close_to_scale(xg.grad(), xd.grad(), 1e-6));
+      // bfloat16 (autocast training): the same node, the gradient rounded once.
+      const auto xb = x64.to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast).requires_grad_(true);
+      const auto yb = blur->forward(xb);
+      ASSERT_TRUE(yb.grad_fn());
+      EXPECT_EQ(yb.grad_fn()->name(), "BlurPool2Backward");
+      const auto rb = r.to(torch::kBFloat16);
+      (yb * rb).sum().backward();
+      const auto xr = bf16_value(x64).requires_grad_(true);
+      (blur->forward(xr) * rb.to(torch::kFloat64)).sum().backward();
+      EXPECT_EQ(xb.grad().scalar_type(), torch::kBFloat16);
+      EXPECT_TRUE(close_to_scale(xb.grad(), xr.grad(), kBf16OneRounding));
     }
     torch::NoGradGuard no_grad;
     const auto y32 = blur->forward(x64.to(torch::kFloat32).contiguous(torch::MemoryFormat::ChannelsLast));

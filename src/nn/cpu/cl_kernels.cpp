@@ -114,7 +114,9 @@ struct BlurPool2Backward : public torch::autograd::Node {
 
   torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
     if (!grads[0].defined() || !task_should_compute_output(0)) return {torch::Tensor()};
-    const auto dy = grads[0].contiguous(torch::MemoryFormat::ChannelsLast);
+    // bfloat16 (autocast) gradients run the float32 adjoint and are rounded once.
+    const bool bf16 = grads[0].scalar_type() == torch::kBFloat16;
+    const auto dy = grads[0].to(torch::kFloat32).contiguous(torch::MemoryFormat::ChannelsLast);
     const int64_t n = input_size[0], c = input_size[1], h = input_size[2], w = input_size[3];
     const int64_t oh = dy.size(2), ow = dy.size(3);
     auto dx = torch::empty(input_size, dy.options().memory_format(torch::MemoryFormat::ChannelsLast));
@@ -125,7 +127,7 @@ struct BlurPool2Backward : public torch::autograd::Node {
       std::vector<float> tmp(static_cast<size_t>(oh * w * c));
       for (int64_t i = begin; i < end; ++i) k.blur2_backward(g + i * oh * ow * c, h, w, c, d + i * h * w * c, tmp.data());
     });
-    return {dx};
+    return {bf16 ? dx.to(torch::kBFloat16) : dx};
   }
 
   std::string name() const override { return "BlurPool2Backward"; }
@@ -134,8 +136,7 @@ struct BlurPool2Backward : public torch::autograd::Node {
 }  // namespace
 
 torch::Tensor blur_pool2_differentiable(const torch::Tensor& x) {
-  TORCH_CHECK(channels_last_kernel_input(x) && x.scalar_type() == torch::kFloat32,
-              "blur_pool2_differentiable: expected a channels-last float32 CPU tensor");
+  TORCH_CHECK(channels_last_kernel_input(x), "blur_pool2_differentiable: expected a channels-last float32/bfloat16 CPU tensor");
   torch::Tensor y;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;  // the result gets its history below
