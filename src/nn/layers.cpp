@@ -234,14 +234,11 @@ void BlurPoolImpl::pretty_print(std::ostream& stream) const {
 torch::Tensor BlurPoolImpl::forward(const torch::Tensor& input) {
   TORCH_CHECK(input.dim() == 4 && input.size(1) == options.channels(), "BlurPool: expected N x ",
               options.channels(), " x H x W input, got shape ", input.sizes());
-  if (options.stride() == 2 && cpu::channels_last_kernel_input(input) && input.size(2) >= 2 && input.size(3) >= 2 &&
-      !(torch::GradMode::is_enabled() && input.requires_grad())) {
-    return cpu::blur_pool2(input);  // one pass, no padded copy (cl_kernels.h)
-  }
-  // Float32 outside autocast (under it LibTorch's path would compute in bfloat16), bfloat16 always.
+  // asl's one-pass loop (one autograd node where a gradient is needed, no padded copies): bfloat16 always,
+  // float32 outside autocast (under it LibTorch's path computes in bfloat16).
   if (options.stride() == 2 && cpu::channels_last_kernel_input(input) && input.size(2) >= 2 && input.size(3) >= 2 &&
       (input.scalar_type() == torch::kBFloat16 || !at::autocast::is_cpu_enabled())) {
-    return cpu::blur_pool2_differentiable(input);  // training: one node instead of one per padding copy
+    return cpu::blur_pool2_differentiable(input);
   }
   return functional::blur_pool(input, options.stride());
 }

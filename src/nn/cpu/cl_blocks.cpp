@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #ifndef ASL_ISA
 #error "ASL_ISA must name the instruction-set namespace"
@@ -119,10 +120,9 @@ void reverse_taps(int64_t n, int64_t m, Taps* taps) {
 void blur2_backward(const float* __restrict__ dy, int64_t h, int64_t w, int64_t c, float* __restrict__ dx,
                     float* __restrict__ tmp) {
   const int64_t oh = (h - 1) / 2 + 1, ow = (w - 1) / 2 + 1;
-  Taps* rows = new Taps[h];
-  Taps* cols = new Taps[w];
-  reverse_taps(h, oh, rows);
-  reverse_taps(w, ow, cols);
+  std::vector<Taps> rows(static_cast<size_t>(h)), cols(static_cast<size_t>(w));
+  reverse_taps(h, oh, rows.data());
+  reverse_taps(w, ow, cols.data());
   // Horizontal adjoint of every output row into tmp (oh x w x c), then the vertical one into dx, / 16.
   for (int64_t o = 0; o < oh; ++o)
     for (int64_t s = 0; s < w; ++s) {
@@ -145,8 +145,6 @@ void blur2_backward(const float* __restrict__ dy, int64_t h, int64_t w, int64_t 
       for (int64_t i = 0; i < w * c; ++i) dst[i] += wt * src[i];
     }
   }
-  delete[] rows;
-  delete[] cols;
 }
 
 template <typename T, int Act>

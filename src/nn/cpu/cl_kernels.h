@@ -21,7 +21,8 @@ void squeeze_excite_(torch::Tensor& x, const torch::Tensor& w1, const torch::Ten
 /// out. Requires channels_last_kernel_input(x) and H, W >= 2.
 torch::Tensor blur_pool2(const torch::Tensor& x);
 
-/// blur_pool2 with its backward (bfloat16 gradients through the float32 loop, rounded once) (one autograd node; asl's adjoint loop): the training path,
+/// blur_pool2 with its backward where a gradient is needed (bfloat16 gradients through the float32 loop,
+/// rounded once) (one autograd node; asl's adjoint loop): the training path,
 /// where LibTorch's padding by copies into slices records a node per copy.
 torch::Tensor blur_pool2_differentiable(const torch::Tensor& x);
 
