@@ -154,7 +154,6 @@ void BM_TrainStep(benchmark::State& state) {
 // The same step in PyTorch's default layout (NCHW), for comparison.
 void BM_TrainStepNchw(benchmark::State& state) { BM_TrainStepLayout(state, false, false); }
 
-// The trainer's step with LibTorch's batch_norm + activation instead of asl's one-node norm: what that buys.
 // The trainer's step with LibTorch's (direct) 3x3 convolutions instead of oneDNN's Winograd ones.
 void BM_TrainStepDirectConv(benchmark::State& state) {
   asl::nn::functional::set_winograd_training(false);
@@ -162,6 +161,15 @@ void BM_TrainStepDirectConv(benchmark::State& state) {
   asl::nn::functional::set_winograd_training(true);
 }
 
+// The trainer's step with LibTorch's 1x1 convolutions instead of asl's matrix-product node.
+template <bool BFloat16>
+void BM_TrainStepAten1x1(benchmark::State& state) {
+  asl::nn::functional::set_pointwise_conv_training(false);
+  BM_TrainStepLayout(state, BFloat16, asl::train::channels_last_training());
+  asl::nn::functional::set_pointwise_conv_training(true);
+}
+
+// The trainer's step with LibTorch's batch_norm + activation instead of asl's one-node norm: what that buys.
 void BM_TrainStepAtenNorm(benchmark::State& state) {
   asl::nn::functional::set_fused_norm_training(false);
   BM_TrainStepLayout(state, false, asl::train::channels_last_training());
@@ -208,6 +216,18 @@ BENCHMARK(BM_TrainStepDirectConv)
     ->UseRealTime();
 BENCHMARK(BM_TrainStepAtenNorm)
     ->Name("tresnet_m_train_step_aten_norm_fp32")
+    ->ArgName("batch")
+    ->Arg(16)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_TrainStepAten1x1<false>)
+    ->Name("tresnet_m_train_step_aten_1x1_fp32")
+    ->ArgName("batch")
+    ->Arg(16)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_TrainStepAten1x1<true>)
+    ->Name("tresnet_m_train_step_aten_1x1_bf16_autocast")
     ->ArgName("batch")
     ->Arg(16)
     ->Unit(benchmark::kMillisecond)

@@ -2,6 +2,7 @@
 
 #include "asl/nn/packed_conv.h"
 #include "autograd/batch_norm_act.h"
+#include "autograd/pointwise_conv.h"
 #include "autograd/winograd_conv.h"
 #include "cpu/cl_kernels.h"
 #include "asl/runtime.h"
@@ -77,6 +78,7 @@ torch::Tensor bf16_rounded(const torch::Tensor& t) {
 
 namespace {
 std::atomic<bool> winograd_training_enabled{true};
+std::atomic<bool> pointwise_training_enabled{true};
 
 bool all_equal(torch::IntArrayRef values, int64_t v) {
   return std::all_of(values.begin(), values.end(), [v](int64_t x) { return x == v; });
@@ -85,14 +87,26 @@ bool all_equal(torch::IntArrayRef values, int64_t v) {
 
 void set_winograd_training(bool enabled) { winograd_training_enabled.store(enabled); }
 bool winograd_training() { return winograd_training_enabled.load(); }
+void set_pointwise_conv_training(bool enabled) { pointwise_training_enabled.store(enabled); }
+bool pointwise_conv_training() { return pointwise_training_enabled.load(); }
 
 torch::Tensor conv2d(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
                      torch::IntArrayRef stride, torch::IntArrayRef padding, torch::IntArrayRef dilation,
                      int64_t groups) {
-  if (winograd_training() && torch::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad()) &&
-      !bias.defined() && groups == 1 && all_equal(stride, 1) && all_equal(padding, 1) && all_equal(dilation, 1) &&
+  const bool plain_training_call = torch::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad()) &&
+                                   !bias.defined() && groups == 1 && all_equal(stride, 1) && all_equal(dilation, 1);
+  if (plain_training_call && winograd_training() && all_equal(padding, 1) &&
       autograd::winograd_conv3x3_supported(input, weight)) {
     return autograd::winograd_conv3x3(input, weight);  // training's 3x3 convs on oneDNN's Winograd kernels
+  }
+  if (plain_training_call && pointwise_conv_training() && all_equal(padding, 0) && cpu_info().onednn_bf16 &&
+      weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1 &&
+      input.is_contiguous(torch::MemoryFormat::ChannelsLast)) {
+    // Training's 1x1 convs as matrix products; under bfloat16 autocast cast as autocast would.
+    const bool autocast_bf16 = at::autocast::is_cpu_enabled() && at::autocast::get_autocast_cpu_dtype() == at::kBFloat16;
+    const auto x = autocast_bf16 ? input.to(torch::kBFloat16) : input;
+    const auto w = autocast_bf16 ? weight.to(torch::kBFloat16) : weight;
+    if (autograd::pointwise_conv_supported(x, w)) return autograd::pointwise_conv(x, w);
   }
   if (!emulates_bf16(input)) return torch::conv2d(input, weight, bias, stride, padding, dilation, groups);
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);

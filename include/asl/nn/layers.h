@@ -146,6 +146,13 @@ bool fused_norm_training();
 void set_winograd_training(bool enabled);
 bool winograd_training();
 
+/// Whether conv2d runs 1x1 stride-1 convolutions that need a gradient (training, CPU, channels-last, no
+/// bias; float32, or bfloat16 directly or under autocast) as matrix products on oneDNN's matmul where
+/// oneDNN runs AVX-512 (autograd/pointwise_conv.h), default true, or on LibTorch's convolution.
+/// Process-wide; for A/B measurements (tresnet_bench's *_aten_1x1 rows).
+void set_pointwise_conv_training(bool enabled);
+bool pointwise_conv_training();
+
 /// The per-channel scale a norm applies to (x - mean) / sqrt(var + eps): |weight| + eps, or weight.
 torch::Tensor norm_scale(const torch::Tensor& weight, double eps, bool abs_weight);
 
