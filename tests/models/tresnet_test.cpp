@@ -475,10 +475,11 @@ TEST(Layers, ActivatedBatchNormFormulaAndRunningStats) {
   EXPECT_EQ(state.keys(), (std::vector<std::string>{"weight", "bias", "running_mean", "running_var"}));
 }
 
-// Training-mode norm + activation on float32 (asl's one-node kernel, NCHW and channels-last) against the
-// same module in float64 (LibTorch's batch_norm and activation): output, running statistics, and the
+// Training-mode norm + activation on float32 and on bfloat16 activations with float32 parameters (as
+// under autocast) (asl's one-node kernel, NCHW and channels-last) against the same module in float64
+// (LibTorch's batch_norm and activation) on the same values: output, running statistics, and the
 // gradients of input, weight and bias, for each activation, |w| + eps and plain scaling, and sizes with
-// one and with several chunks of pixels (a partial last one).
+// one and with several chunks of pixels (a partial last one). bfloat16 outputs (y, dx) are rounded once.
 TEST(Layers, ActivatedBatchNormTrainingMatchesFloat64) {
   torch::manual_seed(21);
   using asl::nn::Activation;
@@ -486,9 +487,11 @@ TEST(Layers, ActivatedBatchNormTrainingMatchesFloat64) {
   for (const auto& [act, param] : std::vector<std::pair<Activation, double>>{
            {Activation::Identity, 0.0}, {Activation::LeakyReLU, 1e-3}, {Activation::LeakyReLU, 1e-2}, {Activation::ELU, 1.0}})
   for (const bool abs_weight : {true, false})
-  for (const auto format : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
+  for (const auto format : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast})
+  for (const auto type : {torch::kFloat32, torch::kBFloat16}) {
     SCOPED_TRACE(c10::str(shape, " ", asl::nn::to_string(act), " ", param, abs_weight ? " abs" : " plain",
-                          format == torch::MemoryFormat::ChannelsLast ? " channels-last" : " NCHW"));
+                          format == torch::MemoryFormat::ChannelsLast ? " channels-last " : " NCHW ", type));
+    const double tol = type == torch::kFloat32 ? 1e-5 : kBf16OneRounding;
     const int64_t c = shape[1];
     asl::nn::ActivatedBatchNorm norm(
         asl::nn::ActivatedBatchNormOptions(c).activation(act).activation_param(param).abs_weight(abs_weight));
@@ -505,20 +508,22 @@ TEST(Layers, ActivatedBatchNormTrainingMatchesFloat64) {
     norm64->train();
     // A shifted input (mean far from zero), as a conv output can be.
     const auto x64 = (torch::randn(shape, torch::kFloat64) * 1.5 + 3.0).contiguous(format);
-    const auto x = x64.to(torch::kFloat32).contiguous(format).requires_grad_(true);
+    const auto x = x64.to(type).contiguous(format).requires_grad_(true);
     const auto xd = x.detach().to(torch::kFloat64).requires_grad_(true);
-    const auto r = torch::randn(shape, torch::kFloat64);
+    const auto r = torch::randn(shape, torch::kFloat64).to(type);
     const auto y = norm->forward(x);
     const auto y64 = norm64->forward(xd);
     EXPECT_TRUE(y.is_contiguous(format));
     ASSERT_TRUE(y.grad_fn());
     EXPECT_EQ(y.grad_fn()->name(), "BatchNormActBackward");  // asl's node, not LibTorch's two
-    EXPECT_TRUE(close_to_scale(y, y64, 1e-5));
+    EXPECT_EQ(y.scalar_type(), type);
+    EXPECT_TRUE(close_to_scale(y, y64, tol));
     EXPECT_TRUE(close_to_scale(norm->running_mean, norm64->running_mean, 1e-6));
     EXPECT_TRUE(close_to_scale(norm->running_var, norm64->running_var, 1e-6));
-    (y * r.to(torch::kFloat32)).sum().backward();
-    (y64 * r).sum().backward();
-    EXPECT_TRUE(close_to_scale(x.grad(), xd.grad(), 1e-5));
+    (y * r).sum().backward();
+    (y64 * r.to(torch::kFloat64)).sum().backward();
+    EXPECT_EQ(x.grad().scalar_type(), type);
+    EXPECT_TRUE(close_to_scale(x.grad(), xd.grad(), tol));
     EXPECT_TRUE(close_to_scale(norm->weight.grad(), norm64->weight.grad(), 1e-5));
     EXPECT_TRUE(close_to_scale(norm->bias.grad(), norm64->bias.grad(), 1e-5));
   }
@@ -555,6 +560,54 @@ TEST(Layers, TrainingConv3x3MatchesFloat64) {
     EXPECT_TRUE(close_to_scale(w.grad(), wd.grad(), 1e-5));
     EXPECT_TRUE(w.grad().is_contiguous(torch::MemoryFormat::ChannelsLast));
   }
+}
+
+// Training's 1x1 convolutions (channels-last, needing a gradient) run as oneDNN matrix products where
+// oneDNN runs AVX-512: output, dX and dW against LibTorch's float64 autograd, float32 and bfloat16
+// (direct and under autocast, where the float32 leaves get float32 gradients through the casts).
+TEST(Layers, TrainingConv1x1MatchesFloat64) {
+  torch::manual_seed(37);
+  struct Case {
+    int64_t n, c, o, h, w;
+  };
+  const bool matmul_path = asl::cpu_info().onednn_bf16;
+  for (const Case& k : {Case{2, 16, 32, 8, 8}, Case{3, 40, 24, 5, 7}, Case{1, 64, 8, 1, 1}, Case{2, 3, 5, 6, 4}}) {
+    for (const auto mode : {0, 1, 2}) {  // float32, bfloat16, float32 leaves under bfloat16 autocast
+      SCOPED_TRACE(c10::str(k.n, "x", k.c, "x", k.h, "x", k.w, " -> ", k.o, " mode ", mode));
+      if (mode > 0 && !matmul_path) continue;  // bfloat16 is LibTorch's (or asl's emulation) without oneDNN's
+      const auto type = mode == 1 ? torch::kBFloat16 : torch::kFloat32;
+      const auto x = torch::randn({k.n, k.c, k.h, k.w}).to(type).contiguous(torch::MemoryFormat::ChannelsLast)
+                         .requires_grad_(true);
+      const auto w = (torch::randn({k.o, k.c, 1, 1}) * 0.3).to(type).requires_grad_(true);
+      torch::Tensor y;
+      {
+        asl::nn::BFloat16Autocast autocast(mode == 2);
+        y = asl::nn::functional::conv2d(x, w, torch::Tensor(), {1, 1}, {0, 0}, {1, 1}, 1);
+      }
+      ASSERT_TRUE(y.grad_fn());
+      if (matmul_path) EXPECT_EQ(y.grad_fn()->name(), "PointwiseConvBackward");
+      EXPECT_EQ(y.scalar_type(), mode == 0 ? torch::kFloat32 : torch::kBFloat16);
+      EXPECT_TRUE(y.is_contiguous(torch::MemoryFormat::ChannelsLast));
+      // float64 on the values the kernels see (bfloat16-rounded operands where they run in bfloat16).
+      const auto seen = [&](const torch::Tensor& t) { return mode == 0 ? t.to(torch::kFloat64) : bf16_value(t); };
+      const auto xd = seen(x.detach()).requires_grad_(true), wd = seen(w.detach()).requires_grad_(true);
+      const auto yd = torch::conv2d(xd, wd);
+      const double tol = mode == 0 ? 1e-5 : kBf16OneRounding;
+      EXPECT_TRUE(close_to_scale(y, yd, tol));
+      const auto r = torch::randn(yd.sizes(), torch::kFloat64);
+      (y * r.to(y.scalar_type())).sum().backward();
+      (yd * seen(r)).sum().backward();
+      EXPECT_EQ(x.grad().scalar_type(), type);
+      EXPECT_EQ(w.grad().scalar_type(), type);
+      EXPECT_TRUE(close_to_scale(x.grad(), xd.grad(), tol));
+      EXPECT_TRUE(close_to_scale(w.grad(), wd.grad(), tol));
+    }
+  }
+  // NCHW input stays on LibTorch's convolution.
+  const auto x = torch::randn({2, 8, 4, 4}).requires_grad_(true);
+  const auto w = torch::randn({4, 8, 1, 1}).requires_grad_(true);
+  const auto y = asl::nn::functional::conv2d(x, w, torch::Tensor(), {1, 1}, {0, 0}, {1, 1}, 1);
+  EXPECT_NE(y.grad_fn()->name(), "PointwiseConvBackward");
 }
 
 TEST(Layers, ConvNormActFuseMatchesEval) {

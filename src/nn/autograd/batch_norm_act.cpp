@@ -1,7 +1,6 @@
 #include "batch_norm_act.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/autocast_mode.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -27,6 +26,8 @@ struct Layout {
   int64_t count() const { return n * hw; }  // values per channel
   int64_t chunks() const { return channels_last ? (n * hw + grain - 1) / grain : n * c; }
   int64_t chunk_pixels(int64_t j) const { return std::min(grain, n * hw - j * grain); }
+  int64_t chunk_offset(int64_t j) const { return channels_last ? j * grain * c : j * hw; }  // in values
+  int64_t chunk_size(int64_t j) const { return channels_last ? chunk_pixels(j) * c : hw; }
 };
 
 Layout layout_of(const torch::Tensor& x) {
@@ -45,22 +46,37 @@ torch::MemoryFormat format_of(const Layout& l) {
 
 const cpu::ClKernels& k() { return cpu::cl_kernels(); }
 
+// A float32 or bfloat16 tensor's chunks as raw pointers (the loops take the element type alongside).
+struct Values {
+  Values(const torch::Tensor& t, const Layout& l)
+      : data(static_cast<char*>(t.data_ptr())),
+        element_size(static_cast<int64_t>(t.element_size())),
+        type(t.scalar_type() == torch::kBFloat16 ? cpu::ClType::BF16 : cpu::ClType::F32),
+        layout(l) {}
+  void* chunk(int64_t j) const { return data + layout.chunk_offset(j) * element_size; }
+
+  char* data;
+  int64_t element_size;
+  cpu::ClType type;
+  Layout layout;
+};
+
 // Per-channel float64 sums of per-chunk float32 partials, in chunk order (the same for any thread count).
 // partial(j) points at chunk j's `c` values for channel-last chunks; for planes, at the plane's single one.
 struct ChannelStats {
   std::vector<double> mean, var;  // var: biased
 };
 
-ChannelStats batch_stats(const float* x, const Layout& l) {
+ChannelStats batch_stats(const Values& x, const Layout& l) {
   const int64_t chunks = l.chunks(), c = l.c;
   std::vector<float> mean(static_cast<size_t>(l.channels_last ? chunks * c : chunks));
   std::vector<float> m2(mean.size());
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       if (l.channels_last) {
-        k().bn_stats_cl(x + j * l.grain * c, l.chunk_pixels(j), c, &mean[j * c], &m2[j * c]);
+        k().bn_stats_cl(x.type, x.chunk(j), l.chunk_pixels(j), c, &mean[j * c], &m2[j * c]);
       } else {
-        k().bn_stats_plane(x + j * l.hw, l.hw, &mean[j], &m2[j]);
+        k().bn_stats_plane(x.type, x.chunk(j), l.hw, &mean[j], &m2[j]);
       }
     }
   });
@@ -110,15 +126,15 @@ Affine affine(const std::vector<double>& mean, const std::vector<double>& invstd
   return a;
 }
 
-void apply_affine_act(const float* x, float* y, const Layout& l, const Affine& a, int act, float param) {
+void apply_affine_act(const Values& x, const Values& y, const Layout& l, const Affine& a, int act, float param) {
   at::parallel_for(0, l.chunks(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       if (l.channels_last) {
-        const int64_t off = j * l.grain * l.c;
-        k().bn_act_cl(x + off, y + off, l.chunk_pixels(j), l.c, a.scale.data(), a.shift.data(), act, param);
+        k().bn_act_cl(x.type, x.chunk(j), y.chunk(j), l.chunk_pixels(j), l.c, a.scale.data(), a.shift.data(), act,
+                      param);
       } else {
         const int64_t ch = j % l.c;
-        k().bn_act_plane(x + j * l.hw, y + j * l.hw, l.hw, a.scale[ch], a.shift[ch], act, param);
+        k().bn_act_plane(x.type, x.chunk(j), y.chunk(j), l.hw, a.scale[ch], a.shift[ch], act, param);
       }
     }
   });
@@ -138,23 +154,21 @@ struct BatchNormActBackward : public torch::autograd::Node {
     const auto x = input.unpack();
     const auto gamma = scale.unpack().detach();
     const Layout l = layout_of(x);
-    const auto dy = grads[0].contiguous(format_of(l));
+    const auto dy = grads[0].to(x.scalar_type()).contiguous(format_of(l));
     const Affine a = affine(mean, invstd, gamma, bias.unpack().detach());
-    const float* xp = x.data_ptr<float>();
-    const float* gp = dy.data_ptr<float>();
+    const Values xv(x, l), dyv(dy, l);
     const int64_t chunks = l.chunks(), c = l.c;
     // Pass 1: per chunk, sum dz and sum dz * (x - mean) per channel.
     std::vector<float> s1(static_cast<size_t>(l.channels_last ? chunks * c : chunks), 0.0f), s2(s1.size(), 0.0f);
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
         if (l.channels_last) {
-          const int64_t off = j * l.grain * c;
-          k().bn_backward_sums_cl(xp + off, gp + off, l.chunk_pixels(j), c, a.scale.data(), a.shift.data(),
-                                  a.mean.data(), act, param, &s1[j * c], &s2[j * c]);
+          k().bn_backward_sums_cl(xv.type, xv.chunk(j), dyv.chunk(j), l.chunk_pixels(j), c, a.scale.data(),
+                                  a.shift.data(), a.mean.data(), act, param, &s1[j * c], &s2[j * c]);
         } else {
           const int64_t ch = j % c;
-          k().bn_backward_sums_plane(xp + j * l.hw, gp + j * l.hw, l.hw, a.scale[ch], a.shift[ch], a.mean[ch], act,
-                                     param, &s1[j], &s2[j]);
+          k().bn_backward_sums_plane(xv.type, xv.chunk(j), dyv.chunk(j), l.hw, a.scale[ch], a.shift[ch], a.mean[ch],
+                                     act, param, &s1[j], &s2[j]);
         }
       }
     });
@@ -187,17 +201,17 @@ struct BatchNormActBackward : public torch::autograd::Node {
         ck[ch] = static_cast<float>(static_cast<double>(gm[ch]) * invstd[ch]);
       }
       auto dx = torch::empty_like(x, x.options(), format_of(l));
-      float* dp = dx.data_ptr<float>();
+      const Values dxv(dx, l);
       at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t j = begin; j < end; ++j) {
           if (l.channels_last) {
-            const int64_t off = j * l.grain * c;
-            k().bn_backward_dx_cl(xp + off, gp + off, dp + off, l.chunk_pixels(j), c, a.scale.data(), a.shift.data(),
-                                  a.mean.data(), ca.data(), cb.data(), ck.data(), act, param);
+            k().bn_backward_dx_cl(xv.type, xv.chunk(j), dyv.chunk(j), dxv.chunk(j), l.chunk_pixels(j), c,
+                                  a.scale.data(), a.shift.data(), a.mean.data(), ca.data(), cb.data(), ck.data(), act,
+                                  param);
           } else {
             const int64_t ch = j % c;
-            k().bn_backward_dx_plane(xp + j * l.hw, gp + j * l.hw, dp + j * l.hw, l.hw, a.scale[ch], a.shift[ch],
-                                     a.mean[ch], ca[ch], cb[ch], ck[ch], act, param);
+            k().bn_backward_dx_plane(xv.type, xv.chunk(j), dyv.chunk(j), dxv.chunk(j), l.hw, a.scale[ch],
+                                     a.shift[ch], a.mean[ch], ca[ch], cb[ch], ck[ch], act, param);
           }
         }
       });
@@ -218,10 +232,9 @@ struct BatchNormActBackward : public torch::autograd::Node {
 }  // namespace
 
 bool batch_norm_act_supported(const torch::Tensor& input) {
-  if (!input.defined() || !input.device().is_cpu() || input.scalar_type() != torch::kFloat32 || input.dim() != 4) {
-    return false;
-  }
-  if (at::autocast::is_cpu_enabled()) return false;
+  if (!input.defined() || !input.device().is_cpu() || input.dim() != 4) return false;
+  // Autocast changes nothing here: LibTorch's batch_norm keeps its input's type under it too.
+  if (input.scalar_type() != torch::kFloat32 && input.scalar_type() != torch::kBFloat16) return false;
   if (!input.is_contiguous() && !input.is_contiguous(torch::MemoryFormat::ChannelsLast)) return false;
   return input.size(1) > 0 && input.size(0) * input.size(2) * input.size(3) > 1;
 }
@@ -241,12 +254,12 @@ torch::Tensor batch_norm_act_train(const torch::Tensor& input, const torch::Tens
   ChannelStats stats;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;  // the result gets its history below
-    const float* xp = input.data_ptr<float>();
-    stats = batch_stats(xp, l);
+    const Values x(input, l);
+    stats = batch_stats(x, l);
     for (int64_t ch = 0; ch < c; ++ch) invstd[ch] = 1.0 / std::sqrt(stats.var[ch] + eps);
     const Affine a = affine(stats.mean, invstd, scale.detach(), bias.detach());
     y = torch::empty_like(input, input.options(), format_of(l));
-    apply_affine_act(xp, y.data_ptr<float>(), l, a, act, static_cast<float>(param));
+    apply_affine_act(x, Values(y, l), l, a, act, static_cast<float>(param));
   }
   {
     torch::NoGradGuard no_grad;

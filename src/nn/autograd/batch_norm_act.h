@@ -1,4 +1,5 @@
-// Training-mode batch norm with its activation in one autograd node (CPU float32): one pass for the
+// Training-mode batch norm with its activation in one autograd node (CPU, float32 or bfloat16 values with
+// float32 parameters and statistics, as LibTorch's batch_norm under autocast): one pass for the
 // statistics, one for normalise + scale + shift + activation; in the backward one pass for the two
 // per-channel sums and one for the input's gradient, the activation's derivative taken at the
 // recomputed pre-activation. LibTorch runs the same as batch_norm, then the activation, then their two
@@ -10,8 +11,9 @@
 namespace asl::nn::autograd {
 
 /// Activation after the norm: 0 identity, 1 leaky ReLU (negative slope `param`), 2 ELU (alpha `param`).
-/// Whether batch_norm_act_train takes this input: CPU float32, 4-d, contiguous NCHW or channels-last,
-/// more than one value per channel, outside autocast.
+/// Whether batch_norm_act_train takes this input: CPU float32 or bfloat16, 4-d, contiguous NCHW or
+/// channels-last, more than one value per channel. bfloat16 values are computed in float32 and each
+/// output (y, dx) rounded once; dscale and dbias are float32.
 bool batch_norm_act_supported(const torch::Tensor& input);
 
 /// act((x - mean) / sqrt(var + eps) * scale + bias) with the batch's mean and biased variance per

@@ -179,118 +179,132 @@ ASL_INLINE float act_grad(float z, int act, float slope) {
   return 1.0f;
 }
 
-void bn_stats_cl(const float* __restrict__ x, int64_t pixels, int64_t c, float* __restrict__ mean, float* __restrict__ m2) {
+template <typename T>
+void bn_stats_cl(const T* __restrict__ x, int64_t pixels, int64_t c, float* __restrict__ mean, float* __restrict__ m2) {
   for (int64_t k = 0; k < c; ++k) mean[k] = 0, m2[k] = 0;
   for (int64_t p = 0; p < pixels; ++p)
-    for (int64_t k = 0; k < c; ++k) mean[k] += x[p * c + k];
+    for (int64_t k = 0; k < c; ++k) mean[k] += load(x, p * c + k);
   const float inv = 1.0f / static_cast<float>(pixels);
   for (int64_t k = 0; k < c; ++k) mean[k] *= inv;
   for (int64_t p = 0; p < pixels; ++p)
     for (int64_t k = 0; k < c; ++k) {
-      const float d = x[p * c + k] - mean[k];
+      const float d = load(x, p * c + k) - mean[k];
       m2[k] += d * d;
     }
 }
 
-void bn_stats_plane(const float* __restrict__ x, int64_t hw, float* __restrict__ mean, float* __restrict__ m2) {
+template <typename T>
+void bn_stats_plane(const T* __restrict__ x, int64_t hw, float* __restrict__ mean, float* __restrict__ m2) {
   constexpr int kLanes = 16;
   float acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= hw; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j];
+    for (int j = 0; j < kLanes; ++j) acc[j] += load(x, i + j);
   float s = 0;
-  for (; i < hw; ++i) s += x[i];
+  for (; i < hw; ++i) s += load(x, i);
   for (int j = 0; j < kLanes; ++j) s += acc[j];
   const float m = s / static_cast<float>(hw);
   float acc2[kLanes] = {};
   for (i = 0; i + kLanes <= hw; i += kLanes)
     for (int j = 0; j < kLanes; ++j) {
-      const float d = x[i + j] - m;
+      const float d = load(x, i + j) - m;
       acc2[j] += d * d;
     }
   float q = 0;
-  for (; i < hw; ++i) q += (x[i] - m) * (x[i] - m);
+  for (; i < hw; ++i) q += (load(x, i) - m) * (load(x, i) - m);
   for (int j = 0; j < kLanes; ++j) q += acc2[j];
   *mean = m;
   *m2 = q;
 }
 
-template <int Act>
-void bn_act_cl_t(const float* __restrict__ x, float* __restrict__ y, int64_t pixels, int64_t c, const float* __restrict__ scale, const float* __restrict__ shift,
-                 float slope) {
+template <int Act, typename T>
+void bn_act_cl_t(const T* __restrict__ x, T* __restrict__ y, int64_t pixels, int64_t c, const float* __restrict__ scale,
+                 const float* __restrict__ shift, float slope) {
   for (int64_t p = 0; p < pixels; ++p)
-    for (int64_t k = 0; k < c; ++k) y[p * c + k] = activate(x[p * c + k] * scale[k] + shift[k], Act, slope);
+    for (int64_t k = 0; k < c; ++k) store(y, p * c + k, activate(load(x, p * c + k) * scale[k] + shift[k], Act, slope));
 }
 
-template <int Act>
-void bn_act_plane_t(const float* __restrict__ x, float* __restrict__ y, int64_t hw, float scale, float shift, float slope) {
-  for (int64_t i = 0; i < hw; ++i) y[i] = activate(x[i] * scale + shift, Act, slope);
+template <int Act, typename T>
+void bn_act_plane_t(const T* __restrict__ x, T* __restrict__ y, int64_t hw, float scale, float shift, float slope) {
+  for (int64_t i = 0; i < hw; ++i) store(y, i, activate(load(x, i) * scale + shift, Act, slope));
 }
 
-template <int Act>
-void bn_backward_sums_cl_t(const float* __restrict__ x, const float* __restrict__ dy, int64_t pixels, int64_t c, const float* __restrict__ scale,
-                           const float* __restrict__ shift, const float* __restrict__ mean, float slope, float* __restrict__ sum_dz, float* __restrict__ sum_dzx) {
+template <int Act, typename T>
+void bn_backward_sums_cl_t(const T* __restrict__ x, const T* __restrict__ dy, int64_t pixels, int64_t c,
+                           const float* __restrict__ scale, const float* __restrict__ shift,
+                           const float* __restrict__ mean, float slope, float* __restrict__ sum_dz,
+                           float* __restrict__ sum_dzx) {
   for (int64_t p = 0; p < pixels; ++p)
     for (int64_t k = 0; k < c; ++k) {
-      const float v = x[p * c + k];
-      const float dz = dy[p * c + k] * act_grad(v * scale[k] + shift[k], Act, slope);
+      const float v = load(x, p * c + k);
+      const float dz = load(dy, p * c + k) * act_grad(v * scale[k] + shift[k], Act, slope);
       sum_dz[k] += dz;
       sum_dzx[k] += dz * (v - mean[k]);
     }
 }
 
-template <int Act>
-void bn_backward_sums_plane_t(const float* __restrict__ x, const float* __restrict__ dy, int64_t hw, float scale, float shift, float mean,
-                              float slope, float* __restrict__ sum_dz, float* __restrict__ sum_dzx) {
+template <int Act, typename T>
+void bn_backward_sums_plane_t(const T* __restrict__ x, const T* __restrict__ dy, int64_t hw, float scale, float shift,
+                              float mean, float slope, float* __restrict__ sum_dz, float* __restrict__ sum_dzx) {
   constexpr int kLanes = 16;
   float a[kLanes] = {}, b[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= hw; i += kLanes)
     for (int j = 0; j < kLanes; ++j) {
-      const float v = x[i + j];
-      const float dz = dy[i + j] * act_grad(v * scale + shift, Act, slope);
+      const float v = load(x, i + j);
+      const float dz = load(dy, i + j) * act_grad(v * scale + shift, Act, slope);
       a[j] += dz;
       b[j] += dz * (v - mean);
     }
   float sa = 0, sb = 0;
   for (; i < hw; ++i) {
-    const float dz = dy[i] * act_grad(x[i] * scale + shift, Act, slope);
+    const float v = load(x, i);
+    const float dz = load(dy, i) * act_grad(v * scale + shift, Act, slope);
     sa += dz;
-    sb += dz * (x[i] - mean);
+    sb += dz * (v - mean);
   }
   for (int j = 0; j < kLanes; ++j) sa += a[j], sb += b[j];
   *sum_dz += sa;
   *sum_dzx += sb;
 }
 
-template <int Act>
-void bn_backward_dx_cl_t(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx, int64_t pixels, int64_t c, const float* __restrict__ scale,
-                         const float* __restrict__ shift, const float* __restrict__ mean, const float* __restrict__ a, const float* __restrict__ b, const float* __restrict__ k,
-                         float slope) {
+template <int Act, typename T>
+void bn_backward_dx_cl_t(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, int64_t pixels,
+                         int64_t c, const float* __restrict__ scale, const float* __restrict__ shift,
+                         const float* __restrict__ mean, const float* __restrict__ a, const float* __restrict__ b,
+                         const float* __restrict__ k, float slope) {
   for (int64_t p = 0; p < pixels; ++p)
     for (int64_t q = 0; q < c; ++q) {
-      const float v = x[p * c + q];
-      const float dz = dy[p * c + q] * act_grad(v * scale[q] + shift[q], Act, slope);
-      dx[p * c + q] = (dz - a[q] - (v - mean[q]) * b[q]) * k[q];
+      const float v = load(x, p * c + q);
+      const float dz = load(dy, p * c + q) * act_grad(v * scale[q] + shift[q], Act, slope);
+      store(dx, p * c + q, (dz - a[q] - (v - mean[q]) * b[q]) * k[q]);
     }
 }
 
-template <int Act>
-void bn_backward_dx_plane_t(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx, int64_t hw, float scale, float shift,
-                            float mean, float a, float b, float k, float slope) {
+template <int Act, typename T>
+void bn_backward_dx_plane_t(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, int64_t hw,
+                            float scale, float shift, float mean, float a, float b, float k, float slope) {
   for (int64_t i = 0; i < hw; ++i) {
-    const float dz = dy[i] * act_grad(x[i] * scale + shift, Act, slope);
-    dx[i] = (dz - a - (x[i] - mean) * b) * k;
+    const float v = load(x, i);
+    const float dz = load(dy, i) * act_grad(v * scale + shift, Act, slope);
+    store(dx, i, (dz - a - (v - mean) * b) * k);
   }
 }
 
 // act (0, 1, 2) as a template argument, so that each loop body is branch-free.
-#define ASL_BY_ACT(fn, ...)                        \
+#define ASL_BY_ACT(fn, T, ...)                     \
   do {                                             \
-    if (act == 1) fn<1>(__VA_ARGS__);              \
-    else if (act == 2) fn<2>(__VA_ARGS__);         \
-    else fn<0>(__VA_ARGS__);                       \
+    if (act == 1) fn<1, T>(__VA_ARGS__);           \
+    else if (act == 2) fn<2, T>(__VA_ARGS__);      \
+    else fn<0, T>(__VA_ARGS__);                    \
   } while (0)
+
+// Calls body with T = float or uint16_t (bfloat16's bits) as t says.
+template <typename Body>
+ASL_INLINE void by_type(ClType t, Body&& body) {
+  if (t == ClType::F32) body(float{});
+  else body(uint16_t{});
+}
 
 #define ASL_STR2(s) #s
 #define ASL_STR(s) ASL_STR2(s)
@@ -333,30 +347,58 @@ ClKernels cl_kernels() {
     }
   };
   k.blur2_backward = &blur2_backward;
-  k.bn_stats_cl = &bn_stats_cl;
-  k.bn_stats_plane = &bn_stats_plane;
-  k.bn_act_cl = [](const float* x, float* y, int64_t pixels, int64_t c, const float* scale, const float* shift,
-                   int act, float slope) { ASL_BY_ACT(bn_act_cl_t, x, y, pixels, c, scale, shift, slope); };
-  k.bn_act_plane = [](const float* x, float* y, int64_t hw, float scale, float shift, int act, float slope) {
-    ASL_BY_ACT(bn_act_plane_t, x, y, hw, scale, shift, slope);
+  k.bn_stats_cl = [](ClType t, const void* x, int64_t pixels, int64_t c, float* mean, float* m2) {
+    by_type(t, [&](auto tag) { using T = decltype(tag); bn_stats_cl(static_cast<const T*>(x), pixels, c, mean, m2); });
   };
-  k.bn_backward_sums_cl = [](const float* x, const float* dy, int64_t pixels, int64_t c, const float* scale,
+  k.bn_stats_plane = [](ClType t, const void* x, int64_t hw, float* mean, float* m2) {
+    by_type(t, [&](auto tag) { using T = decltype(tag); bn_stats_plane(static_cast<const T*>(x), hw, mean, m2); });
+  };
+  k.bn_act_cl = [](ClType t, const void* x, void* y, int64_t pixels, int64_t c, const float* scale,
+                   const float* shift, int act, float slope) {
+    by_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      ASL_BY_ACT(bn_act_cl_t, T, static_cast<const T*>(x), static_cast<T*>(y), pixels, c, scale, shift, slope);
+    });
+  };
+  k.bn_act_plane = [](ClType t, const void* x, void* y, int64_t hw, float scale, float shift, int act, float slope) {
+    by_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      ASL_BY_ACT(bn_act_plane_t, T, static_cast<const T*>(x), static_cast<T*>(y), hw, scale, shift, slope);
+    });
+  };
+  k.bn_backward_sums_cl = [](ClType t, const void* x, const void* dy, int64_t pixels, int64_t c, const float* scale,
                              const float* shift, const float* mean, int act, float slope, float* sum_dz,
                              float* sum_dzx) {
-    ASL_BY_ACT(bn_backward_sums_cl_t, x, dy, pixels, c, scale, shift, mean, slope, sum_dz, sum_dzx);
+    by_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      ASL_BY_ACT(bn_backward_sums_cl_t, T, static_cast<const T*>(x), static_cast<const T*>(dy), pixels, c, scale,
+                 shift, mean, slope, sum_dz, sum_dzx);
+    });
   };
-  k.bn_backward_sums_plane = [](const float* x, const float* dy, int64_t hw, float scale, float shift, float mean,
-                                int act, float slope, float* sum_dz, float* sum_dzx) {
-    ASL_BY_ACT(bn_backward_sums_plane_t, x, dy, hw, scale, shift, mean, slope, sum_dz, sum_dzx);
+  k.bn_backward_sums_plane = [](ClType t, const void* x, const void* dy, int64_t hw, float scale, float shift,
+                                float mean, int act, float slope, float* sum_dz, float* sum_dzx) {
+    by_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      ASL_BY_ACT(bn_backward_sums_plane_t, T, static_cast<const T*>(x), static_cast<const T*>(dy), hw, scale, shift,
+                 mean, slope, sum_dz, sum_dzx);
+    });
   };
-  k.bn_backward_dx_cl = [](const float* x, const float* dy, float* dx, int64_t pixels, int64_t c, const float* scale,
-                           const float* shift, const float* mean, const float* a, const float* b, const float* kk,
-                           int act, float slope) {
-    ASL_BY_ACT(bn_backward_dx_cl_t, x, dy, dx, pixels, c, scale, shift, mean, a, b, kk, slope);
+  k.bn_backward_dx_cl = [](ClType t, const void* x, const void* dy, void* dx, int64_t pixels, int64_t c,
+                           const float* scale, const float* shift, const float* mean, const float* a, const float* b,
+                           const float* kk, int act, float slope) {
+    by_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      ASL_BY_ACT(bn_backward_dx_cl_t, T, static_cast<const T*>(x), static_cast<const T*>(dy), static_cast<T*>(dx),
+                 pixels, c, scale, shift, mean, a, b, kk, slope);
+    });
   };
-  k.bn_backward_dx_plane = [](const float* x, const float* dy, float* dx, int64_t hw, float scale, float shift,
+  k.bn_backward_dx_plane = [](ClType t, const void* x, const void* dy, void* dx, int64_t hw, float scale, float shift,
                               float mean, float a, float b, float kk, int act, float slope) {
-    ASL_BY_ACT(bn_backward_dx_plane_t, x, dy, dx, hw, scale, shift, mean, a, b, kk, slope);
+    by_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      ASL_BY_ACT(bn_backward_dx_plane_t, T, static_cast<const T*>(x), static_cast<const T*>(dy), static_cast<T*>(dx),
+                 hw, scale, shift, mean, a, b, kk, slope);
+    });
   };
   return k;
 }

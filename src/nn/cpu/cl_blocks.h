@@ -35,28 +35,29 @@ struct ClKernels {
   /// oh * w * c floats.
   void (*blur2_backward)(const float* dy, int64_t h, int64_t w, int64_t c_count, float* dx, float* tmp);
 
-  // Batch norm with its activation, training (float32). Per channel c: z = x * scale[c] + shift[c],
+  // Batch norm with its activation, training; x, y, dy, dx of type t (float32 or bfloat16), statistics
+  // and per-channel values float32. Per channel c: z = x * scale[c] + shift[c],
   // y = act(z) (act 0 identity, 1 leaky ReLU with slope >= 0, 2 ELU with alpha `slope`); dz = dy * act'(z).
   // "cl" loops take `pixels` channels-last pixels of c_count channels; "plane" loops one channel's hw
   // contiguous values (NCHW) with that channel's scalars.
   /// mean[c] and m2[c] = sum (x - mean[c])^2 over the pixels (two passes over this chunk).
-  void (*bn_stats_cl)(const float* x, int64_t pixels, int64_t c_count, float* mean, float* m2);
-  void (*bn_stats_plane)(const float* x, int64_t hw, float* mean, float* m2);
-  void (*bn_act_cl)(const float* x, float* y, int64_t pixels, int64_t c_count, const float* scale,
+  void (*bn_stats_cl)(ClType t, const void* x, int64_t pixels, int64_t c_count, float* mean, float* m2);
+  void (*bn_stats_plane)(ClType t, const void* x, int64_t hw, float* mean, float* m2);
+  void (*bn_act_cl)(ClType t, const void* x, void* y, int64_t pixels, int64_t c_count, const float* scale,
                     const float* shift, int act, float slope);
-  void (*bn_act_plane)(const float* x, float* y, int64_t hw, float scale, float shift, int act, float slope);
+  void (*bn_act_plane)(ClType t, const void* x, void* y, int64_t hw, float scale, float shift, int act, float slope);
   /// sum_dz[c] += dz, sum_dzx[c] += dz * (x - mean[c]).
-  void (*bn_backward_sums_cl)(const float* x, const float* dy, int64_t pixels, int64_t c_count, const float* scale,
-                              const float* shift, const float* mean, int act, float slope, float* sum_dz,
-                              float* sum_dzx);
-  void (*bn_backward_sums_plane)(const float* x, const float* dy, int64_t hw, float scale, float shift, float mean,
-                                 int act, float slope, float* sum_dz, float* sum_dzx);
+  void (*bn_backward_sums_cl)(ClType t, const void* x, const void* dy, int64_t pixels, int64_t c_count,
+                              const float* scale, const float* shift, const float* mean, int act, float slope,
+                              float* sum_dz, float* sum_dzx);
+  void (*bn_backward_sums_plane)(ClType t, const void* x, const void* dy, int64_t hw, float scale, float shift,
+                                 float mean, int act, float slope, float* sum_dz, float* sum_dzx);
   /// dx = (dz - a[c] - (x - mean[c]) * b[c]) * k[c].
-  void (*bn_backward_dx_cl)(const float* x, const float* dy, float* dx, int64_t pixels, int64_t c_count,
+  void (*bn_backward_dx_cl)(ClType t, const void* x, const void* dy, void* dx, int64_t pixels, int64_t c_count,
                             const float* scale, const float* shift, const float* mean, const float* a, const float* b,
                             const float* k, int act, float slope);
-  void (*bn_backward_dx_plane)(const float* x, const float* dy, float* dx, int64_t hw, float scale, float shift,
-                               float mean, float a, float b, float k, int act, float slope);
+  void (*bn_backward_dx_plane)(ClType t, const void* x, const void* dy, void* dx, int64_t hw, float scale,
+                               float shift, float mean, float a, float b, float k, int act, float slope);
 };
 
 namespace isa_avx512 { ClKernels cl_kernels(); }
