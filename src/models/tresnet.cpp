@@ -55,7 +55,7 @@ torch::nn::Sequential make_downsample(const TResNetBlockOptions& o, int64_t out_
 bool in_place(const TResNetBlockOptions& o) { return o.fused() && !torch::GradMode::is_enabled(); }
 
 torch::Tensor fused_tail(torch::Tensor& out, SqueezeExcite& se, const torch::Tensor& residual) {
-  if (se) se->scale_(out);
+  if (se) return se->scale_residual_relu_(out, residual);
   return out.add_(residual).relu_();
 }
 

@@ -286,12 +286,26 @@ torch::Tensor SqueezeExciteImpl::gate(const torch::Tensor& input) {
 
 torch::Tensor SqueezeExciteImpl::forward(const torch::Tensor& input) { return input * gate(input); }
 
+namespace {
+bool own_squeeze_excite(const torch::Tensor& input, const torch::nn::Conv2d& fc1, const torch::nn::Conv2d& fc2) {
+  return cpu::channels_last_kernel_input(input) &&
+         !(torch::GradMode::is_enabled() && (input.requires_grad() || fc1->weight.requires_grad())) &&
+         fc1->weight.scalar_type() == input.scalar_type() && fc2->weight.scalar_type() == input.scalar_type();
+}
+}  // namespace
+
 torch::Tensor& SqueezeExciteImpl::scale_(torch::Tensor& input) {
-  const bool own = cpu::channels_last_kernel_input(input) &&
-                   !(torch::GradMode::is_enabled() && (input.requires_grad() || fc1->weight.requires_grad())) &&
-                   fc1->weight.scalar_type() == input.scalar_type() && fc2->weight.scalar_type() == input.scalar_type();
-  if (!own) return input.mul_(gate(input));
+  if (!own_squeeze_excite(input, fc1, fc2)) return input.mul_(gate(input));
   cpu::squeeze_excite_(input, fc1->weight, fc1->bias, fc2->weight, fc2->bias);
+  return input;
+}
+
+torch::Tensor& SqueezeExciteImpl::scale_residual_relu_(torch::Tensor& input, const torch::Tensor& residual) {
+  if (!own_squeeze_excite(input, fc1, fc2) || !cpu::channels_last_kernel_input(residual) ||
+      residual.sizes() != input.sizes() || residual.scalar_type() != input.scalar_type()) {
+    return scale_(input).add_(residual).relu_();
+  }
+  cpu::squeeze_excite_(input, fc1->weight, fc1->bias, fc2->weight, fc2->bias, residual);
   return input;
 }
 

@@ -3,6 +3,7 @@
 #include "asl/runtime.h"
 #include "cpu/cl_kernels.h"
 
+#include <algorithm>
 #include <string>
 
 #include <c10/util/Exception.h>
@@ -22,6 +23,24 @@ dnnl::memory::data_type data_type(torch::ScalarType t) {
 }
 
 dnnl::memory::dims dims_of(const std::vector<int64_t>& v) { return dnnl::memory::dims(v.begin(), v.end()); }
+
+// Per-thread buffers that a call needs only while it runs (the blocked input and output of a Winograd
+// kernel, oneDNN's scratchpad), grown as needed and reused: a TResNet-M forward asks for ~100 of them,
+// each a fresh allocation before.
+struct Workspace {
+  torch::Tensor blocked_src, blocked_dst, scratchpad;
+};
+
+void* reserve(torch::Tensor& buffer, size_t bytes) {
+  const auto n = static_cast<int64_t>(std::max<size_t>(bytes, 1));
+  if (!buffer.defined() || buffer.numel() < n) buffer = torch::empty({n}, torch::kUInt8);
+  return buffer.data_ptr();
+}
+
+Workspace& workspace() {
+  thread_local Workspace w;
+  return w;
+}
 
 }  // namespace
 
@@ -166,22 +185,21 @@ struct PackedConv2d::Impl {
     const auto& engine = cpu_engine();
     dnnl::stream stream(engine);
     dnnl::memory src, dst, user_dst;
-    torch::Tensor blocked_src, blocked_dst;
+    Workspace& ws = workspace();
+    void* blocked_dst = nullptr;
     if (p.blocked) {
-      const auto bytes = [](const dnnl::memory::desc& d) { return static_cast<int64_t>(d.get_size()); };
-      blocked_src = torch::empty({bytes(p.pd.src_desc())}, torch::kUInt8);
-      blocked_dst = torch::empty({bytes(p.pd.dst_desc())}, torch::kUInt8);
+      void* blocked_src = reserve(ws.blocked_src, p.pd.src_desc().get_size());
+      blocked_dst = reserve(ws.blocked_dst, p.pd.dst_desc().get_size());
       dnnl::memory user_src(p.user_src, engine, input.data_ptr());
-      src = dnnl::memory(p.pd.src_desc(), engine, blocked_src.data_ptr());
-      dst = dnnl::memory(p.pd.dst_desc(), engine, blocked_dst.data_ptr());
+      src = dnnl::memory(p.pd.src_desc(), engine, blocked_src);
+      dst = dnnl::memory(p.pd.dst_desc(), engine, blocked_dst);
       user_dst = dnnl::memory(p.user_dst, engine, output.data_ptr());
       p.to_blocked.execute(stream, user_src, src);
     } else {
       src = dnnl::memory(p.pd.src_desc(), engine, input.data_ptr());
       dst = dnnl::memory(p.pd.dst_desc(), engine, output.data_ptr());
     }
-    const torch::Tensor scratch = torch::empty({static_cast<int64_t>(std::max<size_t>(p.scratchpad, 1))}, torch::kUInt8);
-    dnnl::memory pad(p.pd.scratchpad_desc(), engine, scratch.data_ptr());
+    dnnl::memory pad(p.pd.scratchpad_desc(), engine, reserve(ws.scratchpad, p.scratchpad));
     std::unordered_map<int, dnnl::memory> args{
         {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, p.weights}, {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, pad}};
     dnnl::memory b;
@@ -196,7 +214,7 @@ struct PackedConv2d::Impl {
       const int act = epilogue.eltwise == ConvEpilogue::Eltwise::LeakyReLU ? 1
                       : epilogue.eltwise == ConvEpilogue::Eltwise::ELU     ? 2
                                                                            : 0;
-      cpu::unblock16(dt == dnnl::memory::data_type::bf16, blocked_dst.data_ptr(), output.data_ptr(), p.out_size[0],
+      cpu::unblock16(dt == dnnl::memory::data_type::bf16, blocked_dst, output.data_ptr(), p.out_size[0],
                      p.out_size[2] * p.out_size[3], p.out_size[1], act, static_cast<float>(epilogue.alpha));
     }
   }

@@ -367,6 +367,12 @@ TEST(Layers, SqueezeExciteInPlaceMatchesFloat64) {
       se->scale_(x32);
       EXPECT_EQ(x32.data_ptr(), data);  // in place
       EXPECT_TRUE(close_to_scale(x32, expected, 1e-5));
+      // A residual block's tail: relu(x * gate + residual) in the same pass.
+      auto y32 = x.contiguous(format);
+      const auto residual = torch::randn(x.sizes()).contiguous(format);
+      const auto expected_tail = torch::relu(reference(y32, se) + residual.to(torch::kFloat64));
+      se->scale_residual_relu_(y32, residual);
+      EXPECT_TRUE(close_to_scale(y32, expected_tail, 1e-5));
     }
     auto seb = std::dynamic_pointer_cast<asl::nn::SqueezeExciteImpl>(se->clone());
     asl::nn::SqueezeExcite se_bf16(seb);
@@ -377,6 +383,11 @@ TEST(Layers, SqueezeExciteInPlaceMatchesFloat64) {
     EXPECT_EQ(xb.scalar_type(), torch::kBFloat16);
     // One rounding of the product, plus the gate's float32 sums.
     EXPECT_TRUE(close_to_scale(xb, expected, kBf16OneRounding));
+    auto yb = x.to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast);
+    const auto residual = torch::randn(x.sizes()).to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast);
+    const auto expected_tail = torch::relu(reference(yb, se_bf16) + residual.to(torch::kFloat64));
+    se_bf16->scale_residual_relu_(yb, residual);
+    EXPECT_TRUE(close_to_scale(yb, expected_tail, kBf16OneRounding));
   }
 }
 

@@ -193,6 +193,10 @@ class SqueezeExciteImpl : public torch::nn::Cloneable<SqueezeExciteImpl> {
   /// input *= gate(input), in place, for a tensor outside autograd (inference); channels-last CPU
   /// float32/bfloat16 runs asl's own loop (float32 sums, one rounding), anything else mul_.
   torch::Tensor& scale_(torch::Tensor& input);
+  /// input = relu(input * gate(input) + residual), in place (a residual block's tail outside autograd):
+  /// one pass of asl's loop where scale_ runs it and residual is channels-last of input's shape and dtype
+  /// (bfloat16 rounded once), else scale_, add_, relu_.
+  torch::Tensor& scale_residual_relu_(torch::Tensor& input, const torch::Tensor& residual);
   SqueezeExciteOptions options;
   torch::nn::Conv2d fc1{nullptr};
   torch::nn::Conv2d fc2{nullptr};

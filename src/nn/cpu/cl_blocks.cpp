@@ -2,6 +2,7 @@
 // with matching -march flags; the inner loops run over contiguous channels and vectorise as written.
 #include "cl_blocks.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -50,6 +51,16 @@ void channel_scale(T* __restrict__ x, int64_t pixels, int64_t c, const float* __
   for (int64_t p = 0; p < pixels; ++p) {
     T* row = x + p * c;
     for (int64_t k = 0; k < c; ++k) store(row, k, load(row, k) * gate[k]);
+  }
+}
+
+template <typename T>
+void channel_scale_residual_relu(T* __restrict__ x, const T* __restrict__ residual, int64_t pixels, int64_t c,
+                                 const float* __restrict__ gate) {
+  for (int64_t p = 0; p < pixels; ++p) {
+    T* row = x + p * c;
+    const T* r = residual + p * c;
+    for (int64_t k = 0; k < c; ++k) store(row, k, std::max(load(row, k) * gate[k] + load(r, k), 0.0f));
   }
 }
 
@@ -318,9 +329,12 @@ ClKernels cl_kernels() {
     if (t == ClType::F32) channel_sum(static_cast<const float*>(x), pixels, c, sum);
     else channel_sum(static_cast<const uint16_t*>(x), pixels, c, sum);
   };
-  k.channel_scale = [](ClType t, void* x, int64_t pixels, int64_t c, const float* gate) {
-    if (t == ClType::F32) channel_scale(static_cast<float*>(x), pixels, c, gate);
-    else channel_scale(static_cast<uint16_t*>(x), pixels, c, gate);
+  k.channel_scale = [](ClType t, void* x, int64_t pixels, int64_t c, const float* gate, const void* residual) {
+    by_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      if (residual == nullptr) channel_scale(static_cast<T*>(x), pixels, c, gate);
+      else channel_scale_residual_relu(static_cast<T*>(x), static_cast<const T*>(residual), pixels, c, gate);
+    });
   };
   k.gemv = [](ClType t, const void* w, const void* bias, const float* in, int64_t rows, int64_t c, int act,
               float* out) {

@@ -16,8 +16,9 @@ struct ClKernels {
   const char* isa;
   /// sum[c] += x[p * c_count + c] over pixels p in [0, pixels).
   void (*channel_sum)(ClType t, const void* x, int64_t pixels, int64_t c_count, float* sum);
-  /// x[p * c_count + c] *= gate[c] over pixels p in [0, pixels) (in place).
-  void (*channel_scale)(ClType t, void* x, int64_t pixels, int64_t c_count, const float* gate);
+  /// x[p * c_count + c] *= gate[c] over pixels p in [0, pixels) (in place); with `residual` (same layout,
+  /// or null) x = max(x * gate[c] + residual, 0) instead (one rounding).
+  void (*channel_scale)(ClType t, void* x, int64_t pixels, int64_t c_count, const float* gate, const void* residual);
   /// out[r] = bias[r] + sum_c w[r * c_count + c] * in[c] for r in [0, rows); w and bias of type t
   /// (bias may be null), then relu (act 1) or sigmoid (act 2) or nothing (act 0).
   void (*gemv)(ClType t, const void* w, const void* bias, const float* in, int64_t rows, int64_t c_count,

@@ -38,7 +38,7 @@ bool channels_last_kernel_input(const torch::Tensor& x) {
 }
 
 void squeeze_excite_(torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1, const torch::Tensor& w2,
-                     const torch::Tensor& b2) {
+                     const torch::Tensor& b2, const torch::Tensor& residual) {
   TORCH_CHECK(channels_last_kernel_input(x), "squeeze_excite_: expected a channels-last float32/bfloat16 CPU tensor");
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
   const int64_t r = w1.size(0);
@@ -48,7 +48,11 @@ void squeeze_excite_(torch::Tensor& x, const torch::Tensor& w1, const torch::Ten
     TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device().is_cpu(),
                 "squeeze_excite_: weights must be CPU tensors of the input's dtype");
   }
+  TORCH_CHECK(!residual.defined() || (channels_last_kernel_input(residual) && residual.sizes() == x.sizes() &&
+                                      residual.scalar_type() == x.scalar_type()),
+              "squeeze_excite_: the residual must be channels-last of the input's shape and dtype");
   const auto cw1 = w1.contiguous(), cb1 = b1.contiguous(), cw2 = w2.contiguous(), cb2 = b2.contiguous();
+  const auto* res = residual.defined() ? static_cast<const char*>(residual.data_ptr()) : nullptr;
   const auto& k = cl_kernels();
   const ClType t = cl_type(x);
   const size_t elem = x.element_size();
@@ -78,7 +82,8 @@ void squeeze_excite_(torch::Tensor& x, const torch::Tensor& w1, const torch::Ten
     // Pixels [begin, end) of the flattened batch, split where an image ends.
     for (int64_t p = begin; p < end;) {
       const int64_t img = p / hw, stop = std::min(end, (img + 1) * hw);
-      k.channel_scale(t, base + p * c * elem, stop - p, c, gate.data() + img * c);
+      k.channel_scale(t, base + p * c * elem, stop - p, c, gate.data() + img * c,
+                      res != nullptr ? res + p * c * elem : nullptr);
       p = stop;
     }
   });

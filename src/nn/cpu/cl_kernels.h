@@ -14,8 +14,9 @@ bool channels_last_kernel_input(const torch::Tensor& x);
 
 /// x *= sigmoid(fc2(relu(fc1(mean over H, W of x)))) in place, per image and channel; fc weights
 /// (rows x in, any trailing 1 x 1) and biases of x's dtype. Requires channels_last_kernel_input(x).
+/// With `residual` defined (channels-last, x's shape and dtype): x = relu(x * gate + residual) in the same pass.
 void squeeze_excite_(torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1, const torch::Tensor& w2,
-                     const torch::Tensor& b2);
+                     const torch::Tensor& b2, const torch::Tensor& residual = {});
 
 /// The anti-aliased downsample: 3x3 binomial blur, reflect padding 1, stride 2, depthwise; channels-last
 /// out. Requires channels_last_kernel_input(x) and H, W >= 2.
