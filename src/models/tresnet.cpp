@@ -328,7 +328,7 @@ void TResNetImpl::pretty_print(std::ostream& stream) const {
 torch::Tensor TResNetImpl::forward_features(const torch::Tensor& input) {
   TORCH_CHECK(input.dim() == 4 && input.size(1) == options.in_chans(), "TResNet: expected N x ",
               options.in_chans(), " x H x W input, got shape ", input.sizes());
-  return body->forward(input).mean({2, 3});
+  return nn::functional::spatial_mean(body->forward(input));
 }
 
 torch::Tensor TResNetImpl::forward(const torch::Tensor& input) { return head->forward(forward_features(input)); }

@@ -391,6 +391,37 @@ TEST(Layers, SqueezeExciteInPlaceMatchesFloat64) {
   }
 }
 
+// Training through squeeze-excite: gradients of the input (both paths, the product's and the pooled
+// mean's, summed by autograd) and of the fc layers against float64; a channels-last input gets a
+// channels-last gradient (the mean's broadcast gradient does not turn the sum NCHW).
+TEST(Layers, SqueezeExciteTrainingGradientsMatchFloat64) {
+  torch::manual_seed(13);
+  asl::nn::SqueezeExcite se(asl::nn::SqueezeExciteOptions(24, 16));
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : se->parameters()) p.uniform_(-0.5, 0.5);
+  }
+  auto se64 = std::dynamic_pointer_cast<asl::nn::SqueezeExciteImpl>(se->clone());
+  se64->to(torch::kFloat64);
+  for (const auto format : {torch::MemoryFormat::ChannelsLast, torch::MemoryFormat::Contiguous}) {
+    SCOPED_TRACE(format == torch::MemoryFormat::ChannelsLast ? "channels-last" : "NCHW");
+    se->zero_grad();
+    se64->zero_grad();
+    const auto x64 = torch::randn({3, 24, 5, 7}, torch::kFloat64);
+    const auto x = x64.to(torch::kFloat32).contiguous(format).requires_grad_(true);
+    const auto xd = x64.clone().requires_grad_(true);
+    const auto r = torch::randn({3, 24, 5, 7}, torch::kFloat64);
+    (se->forward(x) * r.to(torch::kFloat32)).sum().backward();
+    (se64->forward(xd) * r).sum().backward();
+    EXPECT_TRUE(close_to_scale(x.grad(), xd.grad(), 1e-5));
+    EXPECT_TRUE(x.grad().is_contiguous(format));
+    for (const auto& name : {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}) {
+      EXPECT_TRUE(close_to_scale(se->named_parameters()[name].grad(), se64->named_parameters()[name].grad(), 1e-5))
+          << name;
+    }
+  }
+}
+
 TEST(Layers, Bfloat16ConvAndLinearRunOnEveryCpu) {
   // oneDNN runs bfloat16 from AVX-512 up; below it (AVX2 CPUs, or DNNL_MAX_CPU_ISA=AVX2) asl emulates.
   const bool emulated = !asl::cpu_info().onednn_bf16;

@@ -153,6 +153,11 @@ bool winograd_training();
 void set_pointwise_conv_training(bool enabled);
 bool pointwise_conv_training();
 
+/// input.mean({2, 3}) (N x C x H x W -> N x C) whose gradient keeps the input's layout: the broadcast
+/// (grad / HW) expanded, where LibTorch's mean gives a fresh NCHW tensor (which turned the gradient sums
+/// of channels-last training into slow mixed-layout ones). The global pool and squeeze-excite use it.
+torch::Tensor spatial_mean(const torch::Tensor& input);
+
 /// The per-channel scale a norm applies to (x - mean) / sqrt(var + eps): |weight| + eps, or weight.
 torch::Tensor norm_scale(const torch::Tensor& weight, double eps, bool abs_weight);
 
