@@ -4,6 +4,8 @@
 
 #include <torch/torch.h>
 
+#include "blocked16.h"
+
 namespace asl::models {
 
 FusedTResNetImpl::FusedTResNetImpl(TResNetOptions model_options_, FuseOptions options_)
@@ -13,6 +15,7 @@ FusedTResNetImpl::FusedTResNetImpl(TResNetOptions model_options_, FuseOptions op
 
 void FusedTResNetImpl::reset() {
   pack_once_ = std::make_shared<std::once_flag>();  // new parameters (construction, clone): pack again
+  blocked16_active_ = false;
   TORCH_CHECK(options.dtype() == torch::kFloat32 || options.dtype() == torch::kBFloat16,
               "FusedTResNet: dtype must be float32 or bfloat16, got ", c10::toString(options.dtype()));
   model = register_module("model", TResNet(TResNetOptions(model_options).fused(true)));
@@ -37,10 +40,17 @@ torch::Tensor FusedTResNetImpl::forward(const torch::Tensor& input) {
   c10::InferenceMode guard;
   auto x = input.to(options.dtype());
   if (options.channels_last()) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+  if (blocked16_active_) return blocked16::forward(*model, x).to(torch::kFloat32);
   return model->forward(x).to(torch::kFloat32);
 }
 
 void FusedTResNetImpl::prepack() {
+  blocked16_active_ = options.blocked16() && options.channels_last() &&
+                      blocked16::supported(*model, options.dtype());
+  if (blocked16_active_) {
+    blocked16::pack(*model, options.winograd());
+    return;
+  }
   for (const auto& module : model->modules(false)) {
     if (auto* conv = module->as<asl::nn::ConvNormAct>()) {
       // The layout hint: a mid-network size; any input size runs correctly.

@@ -404,7 +404,8 @@ void ConvNormActImpl::pretty_print(std::ostream& stream) const {
 
 torch::Tensor ConvNormActImpl::forward(const torch::Tensor& input) {
   if (options.fused()) {
-    const bool use_packed = packed_ && input.device().is_cpu() && input.scalar_type() == packed_->dtype() &&
+    const bool use_packed = packed_ && !packed_blocked16() && input.device().is_cpu() &&
+                            input.scalar_type() == packed_->dtype() &&
                             !(torch::GradMode::is_enabled() && input.requires_grad());
     if (use_packed) return (*packed_)(input);  // the activation is fused into the convolution
     return activation_inplace(functional::conv2d(*conv, input), options.activation(), options.activation_param());
@@ -414,7 +415,7 @@ torch::Tensor ConvNormActImpl::forward(const torch::Tensor& input) {
 
 torch::Tensor ConvNormActImpl::forward_residual_relu(const torch::Tensor& input, const torch::Tensor& residual) {
   const bool outside_autograd = !torch::GradMode::is_enabled() || (!input.requires_grad() && !residual.requires_grad());
-  if (options.fused() && packed_ && outside_autograd && input.device().is_cpu() &&
+  if (options.fused() && packed_ && !packed_blocked16() && outside_autograd && input.device().is_cpu() &&
       input.scalar_type() == packed_->dtype() && residual.scalar_type() == packed_->dtype() &&
       residual.is_contiguous(torch::MemoryFormat::ChannelsLast) && residual.dim() == 4 &&
       residual.size(1) == options.out_channels()) {
@@ -436,7 +437,17 @@ std::pair<torch::Tensor, torch::Tensor> ConvNormActImpl::folded_weight_and_bias(
   return {std::move(weight), std::move(bias)};
 }
 
-void ConvNormActImpl::pack(std::vector<int64_t> input_size, bool winograd) {
+bool ConvNormActImpl::packed_blocked16() const {
+  return packed_ != nullptr && packed_->layout() == PackedConv2d::Layout::Blocked16;
+}
+
+torch::Tensor ConvNormActImpl::forward_blocked16(const torch::Tensor& input, int64_t batch, const torch::Tensor& residual,
+                                                 bool* activation_pending) {
+  TORCH_CHECK(packed_blocked16(), "ConvNormAct: forward_blocked16 needs pack(..., blocked16 = true)");
+  return packed_->blocked16(input, batch, residual, activation_pending);
+}
+
+void ConvNormActImpl::pack(std::vector<int64_t> input_size, bool winograd, bool blocked16) {
   TORCH_CHECK(options.fused(), "ConvNormAct: pack() needs the fused form");
   packed_.reset();
   const auto& w = conv->weight;
@@ -459,7 +470,9 @@ void ConvNormActImpl::pack(std::vector<int64_t> input_size, bool winograd) {
   }
   packed_ = std::make_shared<const PackedConv2d>(w, conv->bias, to_vector(o.stride()), to_vector(*padding),
                                                  to_vector(o.dilation()), o.groups(), std::move(input_size), epilogue,
-                                                 winograd);
+                                                 winograd,
+                                                 blocked16 ? PackedConv2d::Layout::Blocked16
+                                                           : PackedConv2d::Layout::ChannelsLast);
 }
 
 void ConvNormActImpl::unpack() { packed_.reset(); }

@@ -24,6 +24,11 @@ dnnl::memory::data_type data_type(torch::ScalarType t) {
 
 dnnl::memory::dims dims_of(const std::vector<int64_t>& v) { return dnnl::memory::dims(v.begin(), v.end()); }
 
+// The activation as asl's loops number it (cl_kernels.h): 0 none, 1 leaky ReLU, 2 ELU.
+int activation_code(const ConvEpilogue& e) {
+  return e.eltwise == ConvEpilogue::Eltwise::LeakyReLU ? 1 : e.eltwise == ConvEpilogue::Eltwise::ELU ? 2 : 0;
+}
+
 // Per-thread buffers that a call needs only while it runs (the blocked input and output of a Winograd
 // kernel, oneDNN's scratchpad), grown as needed and reused: a TResNet-M forward asks for ~100 of them,
 // each a fresh allocation before.
@@ -50,6 +55,7 @@ struct PackedConv2d::Impl {
   int64_t groups = 1;
   ConvEpilogue epilogue;
   bool winograd = true;
+  bool blocked16 = false;  // PackedConv2d::Layout::Blocked16: input and output in nChw16c, no reorders
   dnnl::memory::data_type dt;
 
   struct Prepared {
@@ -91,8 +97,9 @@ struct PackedConv2d::Impl {
     TORCH_CHECK(in[1] == weight.size(1) * groups, "PackedConv2d: input has ", in[1], " channels, the weight expects ",
                 weight.size(1) * groups);
     TORCH_CHECK(out[2] > 0 && out[3] > 0, "PackedConv2d: input ", in, " is too small for the kernel");
-    const dnnl::memory::desc src_md(dims_of(in), dt, tag::nhwc);
-    const dnnl::memory::desc dst_md(dims_of(out), dt, tag::nhwc);
+    const tag io = blocked16 ? tag::nChw16c : tag::nhwc;
+    const dnnl::memory::desc src_md(dims_of(in), dt, io);
+    const dnnl::memory::desc dst_md(dims_of(out), dt, io);
     dnnl::memory::dims wdims = dims_of(weight.sizes().vec());
     if (groups > 1) {
       wdims = {groups, weight.size(0) / groups, weight.size(1), weight.size(2), weight.size(3)};
@@ -132,7 +139,28 @@ struct PackedConv2d::Impl {
     const bool wino_shape = winograd && !residual && dt == dnnl::memory::data_type::f32 && groups == 1 &&
                             weight.size(2) == 3 && weight.size(3) == 3 && stride[0] == 1 && stride[1] == 1 &&
                             dilation[0] == 1 && dilation[1] == 1;
-    if (wino_shape) {
+    bool have_pd = false;
+    if (wino_shape && blocked16) {
+      // Already in the kernel's layout: no reorders. The activation is fused where oneDNN's Winograd kernel
+      // takes it (ReLU), otherwise applied after the convolution.
+      const dnnl::convolution_forward::desc wdesc(dnnl::prop_kind::forward_inference,
+                                                  dnnl::algorithm::convolution_winograd, src_md, any_weights, bias_md,
+                                                  dst_md, st, dil, pad, pad_r);
+      try {
+        p->pd = dnnl::convolution_forward::primitive_desc(wdesc, attr, engine);
+        have_pd = true;
+      } catch (const dnnl::error&) {
+        try {
+          dnnl::primitive_attr plain;
+          plain.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+          p->pd = dnnl::convolution_forward::primitive_desc(wdesc, plain, engine);
+          p->activation_after = epilogue.eltwise != ConvEpilogue::Eltwise::None;
+          have_pd = true;
+        } catch (const dnnl::error&) {
+          // not implemented here: the direct kernel
+        }
+      }
+    } else if (wino_shape) {
       try {
         const dnnl::memory::desc bsrc(dims_of(in), dt, tag::nChw16c), bdst(dims_of(out), dt, tag::nChw16c);
         const dnnl::convolution_forward::desc wdesc(dnnl::prop_kind::forward_inference,
@@ -142,6 +170,7 @@ struct PackedConv2d::Impl {
         plain.set_scratchpad_mode(dnnl::scratchpad_mode::user);
         p->pd = dnnl::convolution_forward::primitive_desc(wdesc, plain, engine);
         p->blocked = true;
+        have_pd = true;
         // nChw16c exactly as asl's loop reads it (a padded last block when the channels are not a multiple of 16).
         p->own_unblock = p->pd.dst_desc() == bdst;
         p->activation_after = !p->own_unblock && epilogue.eltwise != ConvEpilogue::Eltwise::None;
@@ -150,10 +179,10 @@ struct PackedConv2d::Impl {
         p->to_blocked = dnnl::reorder(dnnl::reorder::primitive_desc(engine, src_md, engine, p->pd.src_desc()));
         p->from_blocked = dnnl::reorder(dnnl::reorder::primitive_desc(engine, p->pd.dst_desc(), engine, dst_md));
       } catch (const dnnl::error&) {
-        p->blocked = false;  // not implemented here: the direct kernel
+        p->blocked = p->own_unblock = p->activation_after = have_pd = false;  // not implemented here: the direct kernel
       }
     }
-    if (!p->blocked) {
+    if (!have_pd) {
       const dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference,
                                                  dnnl::algorithm::convolution_direct, src_md, any_weights, bias_md,
                                                  dst_md, st, dil, pad, pad_r);
@@ -211,11 +240,9 @@ struct PackedConv2d::Impl {
     if (p.blocked && !p.own_unblock) p.from_blocked.execute(stream, dst, user_dst);
     stream.wait();
     if (p.own_unblock) {
-      const int act = epilogue.eltwise == ConvEpilogue::Eltwise::LeakyReLU ? 1
-                      : epilogue.eltwise == ConvEpilogue::Eltwise::ELU     ? 2
-                                                                           : 0;
       cpu::unblock16(dt == dnnl::memory::data_type::bf16, blocked_dst, output.data_ptr(), p.out_size[0],
-                     p.out_size[2] * p.out_size[3], p.out_size[1], act, static_cast<float>(epilogue.alpha));
+                     p.out_size[2] * p.out_size[3], p.out_size[1], activation_code(epilogue),
+                     static_cast<float>(epilogue.alpha));
     }
   }
 };
@@ -224,8 +251,8 @@ bool PackedConv2d::available() { return true; }
 
 PackedConv2d::PackedConv2d(const torch::Tensor& weight, const torch::Tensor& bias, std::vector<int64_t> stride,
                            std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
-                           std::vector<int64_t> input_size, ConvEpilogue epilogue, bool winograd)
-    : impl_(std::make_unique<Impl>()), dtype_(weight.scalar_type()) {
+                           std::vector<int64_t> input_size, ConvEpilogue epilogue, bool winograd, Layout layout)
+    : impl_(std::make_unique<Impl>()), dtype_(weight.scalar_type()), layout_(layout) {
   TORCH_CHECK(weight.dim() == 4 && weight.device().is_cpu(), "PackedConv2d: expected a 4-d CPU weight, got ",
               weight.sizes(), " on ", weight.device());
   TORCH_CHECK(dtype_ == torch::kFloat32 || dtype_ == torch::kBFloat16,
@@ -239,7 +266,12 @@ PackedConv2d::PackedConv2d(const torch::Tensor& weight, const torch::Tensor& bia
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2 && groups >= 1 &&
                   weight.size(0) % groups == 0,
               "PackedConv2d: stride, padding and dilation need 2 values and groups must divide the output channels");
+  TORCH_CHECK(layout != Layout::Blocked16 ||
+                  (groups == 1 && weight.size(0) % 16 == 0 && weight.size(1) % 16 == 0),
+              "PackedConv2d: the blocked layout needs groups 1 and channel counts that are multiples of 16, got ",
+              weight.size(1), " -> ", weight.size(0), " channels in ", groups, " groups");
   Impl& m = *impl_;
+  m.blocked16 = layout == Layout::Blocked16;
   m.weight = weight.detach().contiguous().clone();
   if (bias.defined()) m.bias = bias.detach().contiguous().clone();
   m.stride = std::move(stride);
@@ -255,6 +287,7 @@ PackedConv2d::PackedConv2d(const torch::Tensor& weight, const torch::Tensor& bia
 PackedConv2d::~PackedConv2d() = default;
 
 torch::Tensor PackedConv2d::operator()(const torch::Tensor& input) const {
+  TORCH_CHECK(layout_ == Layout::ChannelsLast, "PackedConv2d: packed for the blocked layout; call blocked16()");
   TORCH_CHECK(input.device().is_cpu() && input.scalar_type() == dtype_ && input.dim() == 4,
               "PackedConv2d: expected a 4-d CPU ", dtype_, " input, got ", input.sizes(), " ", input.scalar_type(),
               " on ", input.device());
@@ -270,6 +303,7 @@ torch::Tensor PackedConv2d::operator()(const torch::Tensor& input) const {
 }
 
 torch::Tensor PackedConv2d::residual_relu(const torch::Tensor& input, torch::Tensor residual) const {
+  TORCH_CHECK(layout_ == Layout::ChannelsLast, "PackedConv2d: packed for the blocked layout; call blocked16()");
   TORCH_CHECK(input.device().is_cpu() && input.scalar_type() == dtype_ && input.dim() == 4,
               "PackedConv2d: expected a 4-d CPU ", dtype_, " input, got ", input.sizes(), " ", input.scalar_type(),
               " on ", input.device());
@@ -285,6 +319,37 @@ torch::Tensor PackedConv2d::residual_relu(const torch::Tensor& input, torch::Ten
   if (!fuse) return residual.add_((*this)(x)).relu_();
   impl_->run(*p, x, residual);
   return residual;
+}
+
+torch::Tensor PackedConv2d::blocked16(const torch::Tensor& input, int64_t batch, const torch::Tensor& residual,
+                                     bool* activation_pending) const {
+  TORCH_CHECK(layout_ == Layout::Blocked16, "PackedConv2d: blocked16() needs a convolution packed for Layout::Blocked16");
+  const int64_t in_channels = impl_->weight.size(1), out_channels = impl_->weight.size(0);
+  TORCH_CHECK(input.device().is_cpu() && input.scalar_type() == dtype_ && input.dim() == 4 && input.size(1) == 16 &&
+                  batch >= 1 && input.size(0) == batch * (in_channels / 16) &&
+                  input.is_contiguous(torch::MemoryFormat::ChannelsLast),
+              "PackedConv2d: expected the blocked form of ", batch, " CPU ", dtype_, " images of ", in_channels,
+              " channels (", batch * (in_channels / 16), " x 16 x H x W, channels-last), got ", input.sizes(), " ",
+              input.scalar_type(), " on ", input.device());
+  const std::vector<int64_t> in{batch, in_channels, input.size(2), input.size(3)};
+  const bool fuse = residual.defined() && impl_->epilogue.eltwise == ConvEpilogue::Eltwise::None;
+  const auto p = impl_->prepare(in, fuse);
+  const std::vector<int64_t> out_form{batch * (out_channels / 16), 16, p->out_size[2], p->out_size[3]};
+  if (residual.defined()) {
+    TORCH_CHECK(residual.sizes().vec() == out_form && residual.scalar_type() == dtype_ &&
+                    residual.is_contiguous(torch::MemoryFormat::ChannelsLast),
+                "PackedConv2d: the residual must be the blocked form ", out_form, " (", dtype_, "), got ",
+                residual.sizes(), " ", residual.scalar_type());
+  }
+  torch::Tensor out = fuse ? residual : torch::empty(out_form, input.options().memory_format(torch::MemoryFormat::ChannelsLast));
+  impl_->run(*p, input, out);
+  if (activation_pending != nullptr) *activation_pending = p->activation_after && !residual.defined();
+  if (p->activation_after && (activation_pending == nullptr || residual.defined())) {
+    // Elementwise: the layout does not matter.
+    cpu::activate_(out, activation_code(impl_->epilogue), static_cast<float>(impl_->epilogue.alpha));
+  }
+  if (residual.defined() && !fuse) return residual.add_(out).relu_();
+  return out;
 }
 
 }  // namespace asl::nn

@@ -286,6 +286,116 @@ TEST(PackedConv2d, FusedActivationsAndResidualMatchFloat64) {
   }
 }
 
+// oneDNN's nChw16c, written out: (N, C, H, W) -> (N * C / 16) x 16 x H x W whose memory is
+// [n][c / 16][h][w][c % 16] (PackedConv2d's blocked form), and back.
+torch::Tensor to_blocked_form(const torch::Tensor& t) {
+  const int64_t n = t.size(0), c = t.size(1), h = t.size(2), w = t.size(3);
+  return t.reshape({n, c / 16, 16, h, w}).permute({0, 1, 3, 4, 2}).contiguous().view({n * (c / 16), h, w, 16}).permute(
+      {0, 3, 1, 2});
+}
+
+torch::Tensor from_blocked_form(const torch::Tensor& b, int64_t n) {
+  const int64_t blocks = b.size(0) / n, h = b.size(2), w = b.size(3);
+  return b.permute({0, 2, 3, 1}).reshape({n, blocks, h, w, 16}).permute({0, 1, 4, 2, 3}).reshape({n, blocks * 16, h, w});
+}
+
+// The blocked layout against float64: Winograd (3x3 stride 1), 1x1 and strided direct kernels, every
+// epilogue, the residual tail, and an activation left to the caller.
+TEST(PackedConv2d, Blocked16MatchesFloat64) {
+  torch::manual_seed(6);
+  using E = asl::nn::ConvEpilogue::Eltwise;
+  using asl::nn::PackedConv2d;
+  struct Shape { int64_t in, out, kernel, stride, h, w; };
+  for (const auto& sh : std::vector<Shape>{{16, 32, 3, 1, 14, 14}, {48, 64, 3, 1, 9, 7}, {32, 48, 1, 1, 7, 7},
+                                           {32, 16, 3, 2, 11, 12}})
+  for (const auto& [eltwise, alpha] : std::vector<std::pair<E, double>>{{E::None, 0.0}, {E::LeakyReLU, 0.01},
+                                                                          {E::ELU, 1.0}}) {
+    SCOPED_TRACE("shape " + std::to_string(sh.in) + "->" + std::to_string(sh.out) + " k" + std::to_string(sh.kernel) +
+                 " s" + std::to_string(sh.stride) + " eltwise " + std::to_string(static_cast<int>(eltwise)));
+    const auto weight = torch::randn({sh.out, sh.in, sh.kernel, sh.kernel}) / std::sqrt(sh.in * sh.kernel * sh.kernel);
+    const auto bias = torch::randn({sh.out});
+    asl::nn::ConvEpilogue epilogue;
+    epilogue.eltwise = eltwise;
+    epilogue.alpha = alpha;
+    const int64_t pad = sh.kernel / 2;
+    const PackedConv2d packed(weight, bias, {sh.stride, sh.stride}, {pad, pad}, {1, 1}, 1, {1, sh.in, sh.h, sh.w},
+                              epilogue, true, PackedConv2d::Layout::Blocked16);
+    EXPECT_EQ(packed.layout(), PackedConv2d::Layout::Blocked16);
+    const auto activation = [&](torch::Tensor v) {
+      if (eltwise == E::LeakyReLU) return torch::leaky_relu(v, alpha);
+      if (eltwise == E::ELU) return torch::elu(v, alpha);
+      return v;
+    };
+    for (const int64_t batch : {1, 3}) {
+      const auto x = torch::randn({batch, sh.in, sh.h, sh.w});
+      c10::InferenceMode guard;
+      const auto conv = torch::conv2d(x.to(torch::kFloat64), weight.to(torch::kFloat64), bias.to(torch::kFloat64),
+                                      sh.stride, pad);
+      const auto expected = activation(conv);
+      const auto xb = to_blocked_form(x);
+      const auto out = packed.blocked16(xb, batch);
+      ASSERT_EQ(out.sizes(), (std::vector<int64_t>{batch * sh.out / 16, 16, conv.size(2), conv.size(3)}));
+      EXPECT_TRUE(out.is_contiguous(torch::MemoryFormat::ChannelsLast));
+      EXPECT_TRUE(close_to_scale(from_blocked_form(out, batch).to(torch::kFloat64), expected, 1e-5));
+      // The residual tail, written into the residual.
+      const auto residual = torch::randn(conv.sizes());
+      auto target = to_blocked_form(residual);
+      const auto tail = packed.blocked16(xb, batch, target);
+      EXPECT_EQ(tail.data_ptr(), target.data_ptr());
+      EXPECT_TRUE(close_to_scale(from_blocked_form(tail, batch).to(torch::kFloat64),
+                                 (expected + residual.to(torch::kFloat64)).relu(), 1e-5));
+      // An activation the kernel cannot fuse is left to the caller when asked.
+      bool pending = true;
+      const auto raw = packed.blocked16(xb, batch, {}, &pending);
+      EXPECT_TRUE(close_to_scale(from_blocked_form(raw, batch).to(torch::kFloat64), pending ? conv : expected, 1e-5));
+      if (eltwise == E::None) EXPECT_FALSE(pending);
+      EXPECT_THROW(packed(x), c10::Error);                                        // packed for the blocked layout
+      if (sh.in > 16) {  // (16 channels in channels-last are their own blocked form)
+        EXPECT_THROW(packed.blocked16(x.contiguous(torch::MemoryFormat::ChannelsLast), batch), c10::Error);
+      }
+    }
+  }
+  const auto w24 = torch::randn({24, 16, 1, 1});
+  EXPECT_THROW(PackedConv2d(w24, {}, {1, 1}, {0, 0}, {1, 1}, 1, {1, 16, 8, 8}, {}, true, PackedConv2d::Layout::Blocked16),
+               c10::Error);  // 24 output channels: no whole blocks
+  const PackedConv2d plain(w24, {}, {1, 1}, {0, 0}, {1, 1}, 1, {1, 16, 8, 8});
+  c10::InferenceMode guard;
+  EXPECT_THROW(plain.blocked16(to_blocked_form(torch::randn({1, 16, 8, 8})), 1), c10::Error);
+}
+
+// The whole model in the blocked layout (FuseOptions::blocked16, the default where oneDNN runs AVX-512)
+// against the unfused model and the channels-last fused path, at sizes whose stages end odd (blur
+// padding, ceil-mode pooling), batch 1 and 2.
+TEST(FuseForInference, Blocked16PathMatchesUnfused) {
+  const bool expect_blocked = asl::cpu_info().onednn_isa.rfind("avx512", 0) == 0;
+  for (const auto& options : {small_options(), asl::models::model_options("tresnet_m", 80)}) {
+    TResNet model(options);
+    randomise_norms(model, 10);
+    model->eval();
+    auto blocked = asl::models::fuse_for_inference(model);
+    auto channels_last = asl::models::fuse_for_inference(model, asl::models::FuseOptions().blocked16(false));
+    EXPECT_EQ(blocked->blocked16_active(), expect_blocked) << asl::cpu_info().onednn_isa;
+    EXPECT_FALSE(channels_last->blocked16_active());
+    for (const auto& [batch, size] : std::vector<std::pair<int64_t, int64_t>>{{1, 100}, {2, 64}}) {
+      SCOPED_TRACE("batch " + std::to_string(batch) + " size " + std::to_string(size));
+      const auto x = torch::randn({batch, 3, size, size});
+      torch::Tensor expected;
+      {
+        torch::NoGradGuard no_grad;
+        expected = model->forward(x);
+      }
+      const auto actual = blocked->forward(x);
+      EXPECT_TRUE(close_to_scale(actual, expected, kFusedRtol));
+      EXPECT_TRUE(close_to_scale(actual, channels_last->forward(x), kFusedRtol));
+    }
+  }
+  // bfloat16 keeps the channels-last path.
+  TResNet model(small_options());
+  model->eval();
+  EXPECT_FALSE(asl::models::fuse_for_inference(model, asl::models::FuseOptions().dtype(torch::kBFloat16))
+                   ->blocked16_active());
+}
+
 TEST(FuseForInference, PrepackedAndPlainConvsAgree) {
   TResNet model(asl::models::model_options("tresnet_m", 80));
   randomise_norms(model, 9);

@@ -27,6 +27,12 @@ struct FuseOptions {
   /// (AVX-512; not AVX2): TResNet-M 1.14x (batch 1) to 1.4x (batch 16) faster in tresnet_bench, within
   /// the fused model's test tolerances. false: the direct kernels only.
   TORCH_ARG(bool, winograd) = true;
+  /// Prepacked float32 on AVX-512 oneDNN: the whole body runs in oneDNN's blocked nChw16c layout, from
+  /// the stem to the pooled features (no layout conversion between convolutions; asl's loops for
+  /// squeeze-excite and the blur pool read it as well). Same arithmetic as the channels-last path (the
+  /// kernels' summation order aside). Needs channel counts that are multiples of 16 (every published
+  /// TResNet); elsewhere, or false, the channels-last path.
+  TORCH_ARG(bool, blocked16) = true;
 };
 
 /// A fused TResNet (child "model", built with TResNetOptions::fused) plus the dtype/layout conversion.
@@ -44,12 +50,15 @@ class FusedTResNetImpl : public torch::nn::Cloneable<FusedTResNetImpl> {
   void prepack();
   /// prepack() once per set of parameters (thread-safe); what forward calls when options.prepack() is set.
   void ensure_packed();
+  /// Whether the last prepack() chose the blocked layout (FuseOptions::blocked16).
+  bool blocked16_active() const { return blocked16_active_; }
   TResNetOptions model_options;
   FuseOptions options;
   TResNet model{nullptr};
 
  private:
   std::shared_ptr<std::once_flag> pack_once_;
+  bool blocked16_active_ = false;
 };
 TORCH_MODULE(FusedTResNet);
 

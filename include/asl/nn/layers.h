@@ -245,14 +245,22 @@ class ConvNormActImpl : public torch::nn::Cloneable<ConvNormActImpl> {
   /// changes to conv's parameters are not seen until pack() or unpack() is called again. A no-op
   /// where LibTorch lacks the prepacked op, the weight is not a float32/bfloat16 CPU tensor, or it is
   /// bfloat16 and oneDNN cannot run bfloat16 on this CPU (asl::cpu_info().onednn_bf16).
-  void pack(std::vector<int64_t> input_size, bool winograd = true);
+  /// blocked16: packed for the blocked layout instead (PackedConv2d::Layout::Blocked16; forward_blocked16
+  /// runs it, forward and forward_residual_relu then take LibTorch's convolution).
+  void pack(std::vector<int64_t> input_size, bool winograd = true, bool blocked16 = false);
   void unpack();
   /// relu(forward(input) + residual), a residual block's tail. Packed: one oneDNN convolution with the
   /// sum and relu fused, written into `residual` when it is a channels-last tensor of the output's shape
   /// and dtype outside autograd (it is overwritten: pass a tensor nothing else reads afterwards);
   /// otherwise computed out of place.
   torch::Tensor forward_residual_relu(const torch::Tensor& input, const torch::Tensor& residual);
+  /// The packed convolution on `batch` images in the blocked form (PackedConv2d::blocked16), with the
+  /// residual tail when `residual` is defined; needs pack(..., blocked16 = true).
+  /// activation_pending: as in PackedConv2d::blocked16 (the activation is options.activation()).
+  torch::Tensor forward_blocked16(const torch::Tensor& input, int64_t batch, const torch::Tensor& residual = {},
+                                  bool* activation_pending = nullptr);
   bool packed() const { return packed_ != nullptr; }
+  bool packed_blocked16() const;
   ConvNormActOptions options;
   torch::nn::Conv2d conv{nullptr};
   ActivatedBatchNorm norm{nullptr};

@@ -25,6 +25,13 @@ struct ConvEpilogue {
 
 class PackedConv2d {
  public:
+  /// The activations' layout. ChannelsLast: 4-d channels-last tensors. Blocked16: oneDNN's nChw16c
+  /// (16-channel blocks, each block's H x W x 16 values contiguous), held as a channels-last tensor of
+  /// shape (N * C / 16) x 16 x H x W; its kernels need no layout conversion (Winograd included), which
+  /// a network that stays in this layout from conv to conv saves. Needs C and the output channels to be
+  /// multiples of 16 and groups 1.
+  enum class Layout { ChannelsLast, Blocked16 };
+
   /// Whether packed convolutions can run here (oneDNN is linked: always).
   static bool available();
 
@@ -37,7 +44,8 @@ class PackedConv2d {
   /// (asl::cpu_info().onednn_bf16 false).
   PackedConv2d(const torch::Tensor& weight, const torch::Tensor& bias, std::vector<int64_t> stride,
                std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
-               std::vector<int64_t> input_size, ConvEpilogue epilogue = {}, bool winograd = true);
+               std::vector<int64_t> input_size, ConvEpilogue epilogue = {}, bool winograd = true,
+               Layout layout = Layout::ChannelsLast);
   ~PackedConv2d();
 
   /// activation(conv2d(input, weight, bias, ...)) for a CPU input of the packed dtype (made channels-last
@@ -48,12 +56,24 @@ class PackedConv2d {
   /// tensor of the output's shape and dtype, which is overwritten) and returned: a residual block's tail.
   torch::Tensor residual_relu(const torch::Tensor& input, torch::Tensor residual) const;
 
+  /// Layout::Blocked16 only: the convolution of `batch` images held in the blocked form (see Layout),
+  /// input (batch * C / 16) x 16 x H x W, channels-last contiguous; returns the output in the same form.
+  /// With `residual` defined (the output's blocked form, dtype and shape): relu(activation(conv) +
+  /// residual), written into `residual` and returned. With `activation_pending` non-null, an activation
+  /// the kernel could not fuse (oneDNN's Winograd kernels take no leaky ReLU or ELU) is left to the caller
+  /// (*activation_pending = true: the output is conv + bias) instead of applied in a pass of its own.
+  torch::Tensor blocked16(const torch::Tensor& input, int64_t batch, const torch::Tensor& residual = {},
+                          bool* activation_pending = nullptr) const;
+
+  Layout layout() const { return layout_; }
+
   torch::ScalarType dtype() const { return dtype_; }
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
   torch::ScalarType dtype_;
+  Layout layout_;
 };
 
 }  // namespace asl::nn

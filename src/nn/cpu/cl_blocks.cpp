@@ -235,6 +235,23 @@ void bn_act_cl_t(const T* __restrict__ x, T* __restrict__ y, int64_t pixels, int
     for (int64_t k = 0; k < c; ++k) store(y, p * c + k, activate(load(x, p * c + k) * scale[k] + shift[k], Act, slope));
 }
 
+// x = act(x) in place, and sum[c] += the stored values (what a later channel_sum would read).
+template <int Act, typename T>
+void channel_act_sum_t(T* __restrict__ x, int64_t pixels, int64_t c, float slope, float* __restrict__ sum) {
+  for (int64_t p = 0; p < pixels; ++p) {
+    T* row = x + p * c;
+    for (int64_t k = 0; k < c; ++k) {
+      store(row, k, activate(load(row, k), Act, slope));
+      sum[k] += load(row, k);
+    }
+  }
+}
+
+template <int Act, typename T>
+void act_inplace_t(T* __restrict__ x, int64_t count, float slope) {
+  for (int64_t i = 0; i < count; ++i) store(x, i, activate(load(x, i), Act, slope));
+}
+
 template <int Act, typename T>
 void bn_act_plane_t(const T* __restrict__ x, T* __restrict__ y, int64_t hw, float scale, float shift, float slope) {
   for (int64_t i = 0; i < hw; ++i) store(y, i, activate(load(x, i) * scale + shift, Act, slope));
@@ -328,6 +345,18 @@ ClKernels cl_kernels() {
   k.channel_sum = [](ClType t, const void* x, int64_t pixels, int64_t c, float* sum) {
     if (t == ClType::F32) channel_sum(static_cast<const float*>(x), pixels, c, sum);
     else channel_sum(static_cast<const uint16_t*>(x), pixels, c, sum);
+  };
+  k.channel_act_sum = [](ClType t, void* x, int64_t pixels, int64_t c, int act, float slope, float* sum) {
+    by_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      ASL_BY_ACT(channel_act_sum_t, T, static_cast<T*>(x), pixels, c, slope, sum);
+    });
+  };
+  k.act_inplace = [](ClType t, void* x, int64_t count, int act, float slope) {
+    by_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      ASL_BY_ACT(act_inplace_t, T, static_cast<T*>(x), count, slope);
+    });
   };
   k.channel_scale = [](ClType t, void* x, int64_t pixels, int64_t c, const float* gate, const void* residual) {
     by_type(t, [&](auto tag) {

@@ -16,6 +16,10 @@ struct ClKernels {
   const char* isa;
   /// sum[c] += x[p * c_count + c] over pixels p in [0, pixels).
   void (*channel_sum)(ClType t, const void* x, int64_t pixels, int64_t c_count, float* sum);
+  /// x = act(x) in place (act as in unblock16) and sum[c] += the stored x[p * c_count + c].
+  void (*channel_act_sum)(ClType t, void* x, int64_t pixels, int64_t c_count, int act, float slope, float* sum);
+  /// x[i] = act(x[i]) for i in [0, count), in place.
+  void (*act_inplace)(ClType t, void* x, int64_t count, int act, float slope);
   /// x[p * c_count + c] *= gate[c] over pixels p in [0, pixels) (in place); with `residual` (same layout,
   /// or null) x = max(x * gate[c] + residual, 0) instead (one rounding).
   void (*channel_scale)(ClType t, void* x, int64_t pixels, int64_t c_count, const float* gate, const void* residual);

@@ -37,10 +37,15 @@ bool channels_last_kernel_input(const torch::Tensor& x) {
          x.is_contiguous(torch::MemoryFormat::ChannelsLast);
 }
 
-void squeeze_excite_(torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1, const torch::Tensor& w2,
-                     const torch::Tensor& b2, const torch::Tensor& residual) {
-  TORCH_CHECK(channels_last_kernel_input(x), "squeeze_excite_: expected a channels-last float32/bfloat16 CPU tensor");
-  const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+namespace {
+
+// Squeeze-excite over `images` images of c = groups * cv channels held as images * groups channels-last
+// "view images" of cv channels each (groups 1: plain channels-last; cv 16: nChw16c), hw pixels each.
+// act != 0: x = act(x) first, in the pass that pools it.
+void squeeze_excite_views(const torch::Tensor& x, int64_t images, int64_t groups, int64_t cv, const torch::Tensor& w1,
+                          const torch::Tensor& b1, const torch::Tensor& w2, const torch::Tensor& b2,
+                          const torch::Tensor& residual, int act, float slope) {
+  const int64_t c = groups * cv, views = images * groups, hw = x.size(2) * x.size(3);
   const int64_t r = w1.size(0);
   TORCH_CHECK(w1.numel() == r * c && w2.numel() == c * r && b1.numel() == r && b2.numel() == c,
               "squeeze_excite_: weights ", w1.sizes(), " / ", w2.sizes(), " do not fit ", c, " channels");
@@ -57,35 +62,71 @@ void squeeze_excite_(torch::Tensor& x, const torch::Tensor& w1, const torch::Ten
   const ClType t = cl_type(x);
   const size_t elem = x.element_size();
   auto* base = static_cast<char*>(x.data_ptr());
-  // Pooled sums, one partial per chunk of pixels (per image), added in chunk order (deterministic).
-  const int64_t grain = pixel_grain(c);
+  // Pooled sums, one partial per chunk of pixels (per view image), added in chunk order (deterministic).
+  const int64_t grain = pixel_grain(cv);
   const int64_t chunks = (hw + grain - 1) / grain;
-  std::vector<float> partial(static_cast<size_t>(n * chunks * c), 0.0f);
-  at::parallel_for(0, n * chunks, 1, [&](int64_t begin, int64_t end) {
+  std::vector<float> partial(static_cast<size_t>(views * chunks * cv), 0.0f);
+  at::parallel_for(0, views * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t img = i / chunks, p0 = (i % chunks) * grain, p1 = std::min(hw, p0 + grain);
-      k.channel_sum(t, base + ((img * hw + p0) * c) * elem, p1 - p0, c, partial.data() + i * c);
+      const int64_t v = i / chunks, p0 = (i % chunks) * grain, p1 = std::min(hw, p0 + grain);
+      char* chunk = base + ((v * hw + p0) * cv) * elem;
+      if (act == 0) k.channel_sum(t, chunk, p1 - p0, cv, partial.data() + i * cv);
+      else k.channel_act_sum(t, chunk, p1 - p0, cv, act, slope, partial.data() + i * cv);
     }
   });
-  std::vector<float> gate(static_cast<size_t>(n * c)), hidden(static_cast<size_t>(r)), pooled(static_cast<size_t>(c));
-  for (int64_t img = 0; img < n; ++img) {
+  // An image's channels are its view images' channels in order: gate + v * cv is view image v's part.
+  std::vector<float> gate(static_cast<size_t>(images * c)), hidden(static_cast<size_t>(r)), pooled(static_cast<size_t>(c));
+  for (int64_t img = 0; img < images; ++img) {
     std::fill(pooled.begin(), pooled.end(), 0.0f);
-    for (int64_t j = 0; j < chunks; ++j) {
-      const float* s = partial.data() + (img * chunks + j) * c;
-      for (int64_t q = 0; q < c; ++q) pooled[q] += s[q];
+    for (int64_t g = 0; g < groups; ++g) {
+      for (int64_t j = 0; j < chunks; ++j) {
+        const float* s = partial.data() + ((img * groups + g) * chunks + j) * cv;
+        for (int64_t q = 0; q < cv; ++q) pooled[g * cv + q] += s[q];
+      }
     }
     for (auto& v : pooled) v /= static_cast<float>(hw);
     k.gemv(t, cw1.data_ptr(), cb1.data_ptr(), pooled.data(), r, c, 1, hidden.data());
     k.gemv(t, cw2.data_ptr(), cb2.data_ptr(), hidden.data(), c, r, 2, gate.data() + img * c);
   }
-  at::parallel_for(0, n * hw, grain, [&](int64_t begin, int64_t end) {
-    // Pixels [begin, end) of the flattened batch, split where an image ends.
+  at::parallel_for(0, views * hw, grain, [&](int64_t begin, int64_t end) {
+    // Pixels [begin, end) of the flattened view images, split where a view image ends.
     for (int64_t p = begin; p < end;) {
-      const int64_t img = p / hw, stop = std::min(end, (img + 1) * hw);
-      k.channel_scale(t, base + p * c * elem, stop - p, c, gate.data() + img * c,
-                      res != nullptr ? res + p * c * elem : nullptr);
+      const int64_t v = p / hw, stop = std::min(end, (v + 1) * hw);
+      k.channel_scale(t, base + p * cv * elem, stop - p, cv, gate.data() + v * cv,
+                      res != nullptr ? res + p * cv * elem : nullptr);
       p = stop;
     }
+  });
+}
+
+}  // namespace
+
+void squeeze_excite_(torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1, const torch::Tensor& w2,
+                     const torch::Tensor& b2, const torch::Tensor& residual) {
+  TORCH_CHECK(channels_last_kernel_input(x), "squeeze_excite_: expected a channels-last float32/bfloat16 CPU tensor");
+  squeeze_excite_views(x, x.size(0), 1, x.size(1), w1, b1, w2, b2, residual, 0, 0.0f);
+}
+
+void squeeze_excite_blocked16_(torch::Tensor& x, int64_t batch, const torch::Tensor& w1, const torch::Tensor& b1,
+                               const torch::Tensor& w2, const torch::Tensor& b2, const torch::Tensor& residual,
+                               int act, float slope) {
+  TORCH_CHECK(channels_last_kernel_input(x) && x.size(1) == 16 && batch >= 1 && x.size(0) % batch == 0,
+              "squeeze_excite_blocked16_: expected the blocked form (batch * C / 16) x 16 x H x W of ", batch,
+              " images, got ", x.sizes());
+  squeeze_excite_views(x, batch, x.size(0) / batch, 16, w1, b1, w2, b2, residual, act, slope);
+}
+
+void activate_(torch::Tensor& x, int act, float slope) {
+  TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16) &&
+                  x.is_non_overlapping_and_dense(),
+              "activate_: expected a dense float32/bfloat16 CPU tensor");
+  if (act == 0) return;
+  const auto& k = cl_kernels();
+  const ClType t = cl_type(x);
+  const size_t elem = x.element_size();
+  auto* base = static_cast<char*>(x.data_ptr());
+  at::parallel_for(0, x.numel(), 16384, [&](int64_t begin, int64_t end) {
+    k.act_inplace(t, base + begin * elem, end - begin, act, slope);
   });
 }
 

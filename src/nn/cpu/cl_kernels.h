@@ -18,6 +18,16 @@ bool channels_last_kernel_input(const torch::Tensor& x);
 void squeeze_excite_(torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1, const torch::Tensor& w2,
                      const torch::Tensor& b2, const torch::Tensor& residual = {});
 
+/// squeeze_excite_ for `batch` images in PackedConv2d's blocked form: x (and residual) (batch * C / 16) x 16 x
+/// H x W channels-last (nChw16c), the gate computed over each image's C channels. act != 0 (as in unblock16):
+/// x = act(x) first, in the pass that pools it (a convolution's activation its kernel could not fuse).
+void squeeze_excite_blocked16_(torch::Tensor& x, int64_t batch, const torch::Tensor& w1, const torch::Tensor& b1,
+                               const torch::Tensor& w2, const torch::Tensor& b2, const torch::Tensor& residual = {},
+                               int act = 0, float slope = 0.0f);
+
+/// x = act(x) in place over a dense float32/bfloat16 CPU tensor (act as in unblock16; 0 does nothing).
+void activate_(torch::Tensor& x, int act, float slope);
+
 /// The anti-aliased downsample: 3x3 binomial blur, reflect padding 1, stride 2, depthwise; channels-last
 /// out. Requires channels_last_kernel_input(x) and H, W >= 2.
 torch::Tensor blur_pool2(const torch::Tensor& x);
