@@ -95,6 +95,11 @@ void BM_EvalFusedDirect(benchmark::State& state) {
   eval_fused(state, "tresnet_m", kSize, asl::models::FuseOptions().winograd(false));
 }
 
+// The channels-last path instead of the blocked one (FuseOptions::blocked16, where it runs): what it buys.
+void BM_EvalFusedChannelsLast(benchmark::State& state) {
+  eval_fused(state, "tresnet_m", kSize, asl::models::FuseOptions().blocked16(false));
+}
+
 // The published COCO model's case: TResNet-L at 448, fused float32 (batch 1, where latency matters).
 void BM_EvalFusedL448(benchmark::State& state) { eval_fused(state, "tresnet_l", 448, asl::models::FuseOptions()); }
 
@@ -183,6 +188,7 @@ void eval_batches(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_EvalUnfused)->Name("tresnet_m_eval_unfused_nchw_fp32")->Apply(eval_batches);
 BENCHMARK(BM_EvalFused<false>)->Name("tresnet_m_eval_fused_cl_fp32")->Apply(eval_batches);
 BENCHMARK(BM_EvalFusedDirect)->Name("tresnet_m_eval_fused_cl_direct_fp32")->Apply(eval_batches);
+BENCHMARK(BM_EvalFusedChannelsLast)->Name("tresnet_m_eval_fused_cl_unblocked_fp32")->Apply(eval_batches);
 BENCHMARK(BM_EvalFused<true>)->Name("tresnet_m_eval_fused_cl_bf16")->Apply(eval_batches);
 BENCHMARK(BM_EvalFusedL448)
     ->Name("tresnet_l448_eval_fused_cl_fp32")
