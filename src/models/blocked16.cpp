@@ -3,13 +3,13 @@
 #include <torch/torch.h>
 
 #include "asl/nn/layers.h"
+#include "asl/nn/packed_conv.h"
 #include "asl/runtime.h"
 #include "../nn/cpu/cl_kernels.h"
 
 namespace asl::models::blocked16 {
 namespace {
 
-using asl::nn::ConvNormAct;
 using asl::nn::ConvNormActImpl;
 
 // (N, C, H, W) channels-last -> the blocked form (N * C / 16) x 16 x H x W.
@@ -17,15 +17,6 @@ torch::Tensor to_blocked(const torch::Tensor& x) {
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   auto b = x.permute({0, 2, 3, 1}).reshape({n, h, w, c / 16, 16}).permute({0, 3, 1, 2, 4}).contiguous();
   return b.view({n * (c / 16), h, w, 16}).permute({0, 3, 1, 2});
-}
-
-// asl's loops' activation codes (cl_kernels.h).
-int activation_code(const ConvNormActImpl& c) {
-  switch (c.options.activation()) {
-    case nn::Activation::LeakyReLU: return 1;
-    case nn::Activation::ELU: return 2;
-    default: return 0;
-  }
 }
 
 // A block's 3x3 conv: a ConvNormAct, or a ConvBlur (stride-1 conv, then the stride-2 blur).
@@ -72,11 +63,10 @@ torch::Tensor bottleneck(BottleneckImpl& b, const torch::Tensor& x, int64_t batc
   auto* conv2 = b.conv2.ptr()->as<ConvNormActImpl>();
   if (conv2 != nullptr && b.se) {
     // A Winograd conv2's leaky ReLU is applied in squeeze-excite's pooling pass.
-    bool pending = false;
+    nn::ConvEpilogue pending;
     out = conv2->forward_blocked16(out, batch, {}, &pending);
     nn::cpu::squeeze_excite_blocked16_(out, batch, b.se->fc1->weight, b.se->fc1->bias, b.se->fc2->weight,
-                                       b.se->fc2->bias, {}, pending ? activation_code(*conv2) : 0,
-                                       static_cast<float>(conv2->options.activation_param()));
+                                       b.se->fc2->bias, {}, pending.code(), static_cast<float>(pending.alpha));
   } else {
     out = conv_maybe_blurred(b.conv2, out, batch);
     if (b.se) {

@@ -442,9 +442,9 @@ bool ConvNormActImpl::packed_blocked16() const {
 }
 
 torch::Tensor ConvNormActImpl::forward_blocked16(const torch::Tensor& input, int64_t batch, const torch::Tensor& residual,
-                                                 bool* activation_pending) {
+                                                 ConvEpilogue* pending) {
   TORCH_CHECK(packed_blocked16(), "ConvNormAct: forward_blocked16 needs pack(..., blocked16 = true)");
-  return packed_->blocked16(input, batch, residual, activation_pending);
+  return packed_->blocked16(input, batch, residual, pending);
 }
 
 void ConvNormActImpl::pack(std::vector<int64_t> input_size, bool winograd, bool blocked16) {

@@ -24,11 +24,6 @@ dnnl::memory::data_type data_type(torch::ScalarType t) {
 
 dnnl::memory::dims dims_of(const std::vector<int64_t>& v) { return dnnl::memory::dims(v.begin(), v.end()); }
 
-// The activation as asl's loops number it (cl_kernels.h): 0 none, 1 leaky ReLU, 2 ELU.
-int activation_code(const ConvEpilogue& e) {
-  return e.eltwise == ConvEpilogue::Eltwise::LeakyReLU ? 1 : e.eltwise == ConvEpilogue::Eltwise::ELU ? 2 : 0;
-}
-
 // Per-thread buffers that a call needs only while it runs (the blocked input and output of a Winograd
 // kernel, oneDNN's scratchpad), grown as needed and reused: a TResNet-M forward asks for ~100 of them,
 // each a fresh allocation before.
@@ -241,7 +236,7 @@ struct PackedConv2d::Impl {
     stream.wait();
     if (p.own_unblock) {
       cpu::unblock16(dt == dnnl::memory::data_type::bf16, blocked_dst, output.data_ptr(), p.out_size[0],
-                     p.out_size[2] * p.out_size[3], p.out_size[1], activation_code(epilogue),
+                     p.out_size[2] * p.out_size[3], p.out_size[1], epilogue.code(),
                      static_cast<float>(epilogue.alpha));
     }
   }
@@ -322,7 +317,7 @@ torch::Tensor PackedConv2d::residual_relu(const torch::Tensor& input, torch::Ten
 }
 
 torch::Tensor PackedConv2d::blocked16(const torch::Tensor& input, int64_t batch, const torch::Tensor& residual,
-                                     bool* activation_pending) const {
+                                     ConvEpilogue* pending) const {
   TORCH_CHECK(layout_ == Layout::Blocked16, "PackedConv2d: blocked16() needs a convolution packed for Layout::Blocked16");
   const int64_t in_channels = impl_->weight.size(1), out_channels = impl_->weight.size(0);
   TORCH_CHECK(input.device().is_cpu() && input.scalar_type() == dtype_ && input.dim() == 4 && input.size(1) == 16 &&
@@ -343,10 +338,11 @@ torch::Tensor PackedConv2d::blocked16(const torch::Tensor& input, int64_t batch,
   }
   torch::Tensor out = fuse ? residual : torch::empty(out_form, input.options().memory_format(torch::MemoryFormat::ChannelsLast));
   impl_->run(*p, input, out);
-  if (activation_pending != nullptr) *activation_pending = p->activation_after && !residual.defined();
-  if (p->activation_after && (activation_pending == nullptr || residual.defined())) {
+  const bool defer = p->activation_after && pending != nullptr && !residual.defined();
+  if (pending != nullptr) *pending = defer ? impl_->epilogue : ConvEpilogue{};
+  if (p->activation_after && !defer) {
     // Elementwise: the layout does not matter.
-    cpu::activate_(out, activation_code(impl_->epilogue), static_cast<float>(impl_->epilogue.alpha));
+    cpu::activate_(out, impl_->epilogue.code(), static_cast<float>(impl_->epilogue.alpha));
   }
   if (residual.defined() && !fuse) return residual.add_(out).relu_();
   return out;

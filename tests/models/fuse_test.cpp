@@ -345,10 +345,14 @@ TEST(PackedConv2d, Blocked16MatchesFloat64) {
       EXPECT_TRUE(close_to_scale(from_blocked_form(tail, batch).to(torch::kFloat64),
                                  (expected + residual.to(torch::kFloat64)).relu(), 1e-5));
       // An activation the kernel cannot fuse is left to the caller when asked.
-      bool pending = true;
+      asl::nn::ConvEpilogue pending = epilogue;
       const auto raw = packed.blocked16(xb, batch, {}, &pending);
-      EXPECT_TRUE(close_to_scale(from_blocked_form(raw, batch).to(torch::kFloat64), pending ? conv : expected, 1e-5));
-      if (eltwise == E::None) EXPECT_FALSE(pending);
+      const bool deferred = pending.eltwise != E::None;
+      EXPECT_TRUE(close_to_scale(from_blocked_form(raw, batch).to(torch::kFloat64), deferred ? conv : expected, 1e-5));
+      if (deferred) {  // what was left is what was asked for
+        EXPECT_EQ(pending.eltwise, eltwise);
+        EXPECT_EQ(pending.alpha, alpha);
+      }
       EXPECT_THROW(packed(x), c10::Error);                                        // packed for the blocked layout
       if (sh.in > 16) {  // (16 channels in channels-last are their own blocked form)
         EXPECT_THROW(packed.blocked16(x.contiguous(torch::MemoryFormat::ChannelsLast), batch), c10::Error);

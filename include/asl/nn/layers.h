@@ -18,6 +18,7 @@
 namespace asl::nn {
 
 class PackedConv2d;
+struct ConvEpilogue;
 
 /// The activation fused into an ActivatedBatchNorm (the reference's InPlaceABN choices).
 enum class Activation { Identity, LeakyReLU, ELU };
@@ -256,9 +257,9 @@ class ConvNormActImpl : public torch::nn::Cloneable<ConvNormActImpl> {
   torch::Tensor forward_residual_relu(const torch::Tensor& input, const torch::Tensor& residual);
   /// The packed convolution on `batch` images in the blocked form (PackedConv2d::blocked16), with the
   /// residual tail when `residual` is defined; needs pack(..., blocked16 = true).
-  /// activation_pending: as in PackedConv2d::blocked16 (the activation is options.activation()).
+  /// pending: as in PackedConv2d::blocked16.
   torch::Tensor forward_blocked16(const torch::Tensor& input, int64_t batch, const torch::Tensor& residual = {},
-                                  bool* activation_pending = nullptr);
+                                  ConvEpilogue* pending = nullptr);
   bool packed() const { return packed_ != nullptr; }
   bool packed_blocked16() const;
   ConvNormActOptions options;

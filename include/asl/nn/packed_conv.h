@@ -21,6 +21,8 @@ struct ConvEpilogue {
   Eltwise eltwise = Eltwise::None;
   /// LeakyReLU's negative slope, ELU's alpha.
   double alpha = 0;
+  /// The activation as asl's loops number it (cl_kernels.h): 0 none, 1 leaky ReLU, 2 ELU.
+  int code() const { return eltwise == Eltwise::LeakyReLU ? 1 : eltwise == Eltwise::ELU ? 2 : 0; }
 };
 
 class PackedConv2d {
@@ -59,11 +61,12 @@ class PackedConv2d {
   /// Layout::Blocked16 only: the convolution of `batch` images held in the blocked form (see Layout),
   /// input (batch * C / 16) x 16 x H x W, channels-last contiguous; returns the output in the same form.
   /// With `residual` defined (the output's blocked form, dtype and shape): relu(activation(conv) +
-  /// residual), written into `residual` and returned. With `activation_pending` non-null, an activation
-  /// the kernel could not fuse (oneDNN's Winograd kernels take no leaky ReLU or ELU) is left to the caller
-  /// (*activation_pending = true: the output is conv + bias) instead of applied in a pass of its own.
+  /// residual), written into `residual` and returned. With `pending` non-null and no residual, an
+  /// activation the kernel could not fuse (oneDNN's Winograd kernels take no leaky ReLU or ELU) is left to
+  /// the caller instead of applied in a pass of its own: *pending is that activation (Eltwise::None when
+  /// none is left) and the output is conv + bias.
   torch::Tensor blocked16(const torch::Tensor& input, int64_t batch, const torch::Tensor& residual = {},
-                          bool* activation_pending = nullptr) const;
+                          ConvEpilogue* pending = nullptr) const;
 
   Layout layout() const { return layout_; }
 
